@@ -1,0 +1,161 @@
+"""The body protocol: framer -> gate -> sink, with backpressure and a clean stop.
+
+Hand a :class:`StreamProtocol` to ``response.deliverBody`` (treq with
+``unbuffered=True``) and it cuts the body into records, admits exactly as many
+as the counter allows, puts them into the sink, pauses the transport while the
+sink is full and closes the response when the limit is reached or the counter
+is switched off.  ``done`` fires with a :class:`StreamOutcome` once the
+connection is gone; it never fails, so callers decide what an error means.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from .counter import Counter
+from .framing import Framer
+from .sinks import Sink
+
+__all__ = ["Ending", "StreamOutcome", "StreamProtocol", "StreamStats"]
+
+
+class Ending(enum.Enum):
+    """Why a connection's body stopped flowing."""
+
+    LIMIT = "limit"  # the record limit was reached
+    STOPPED = "stopped"  # the counter was switched off (tide_off, a consumer)
+    ENDED = "ended"  # the server ended the body cleanly
+    FAILED = "failed"  # the connection broke (reset, bad chunking, ...)
+
+
+@dataclass(frozen=True)
+class StreamOutcome:
+    ending: Ending
+    reason: Failure | None = None
+
+
+@dataclass
+class StreamStats:
+    """Counters that outlive one connection; read by status and metrics."""
+
+    bytes: int = 0
+    records: int = 0
+    pauses: int = 0
+    truncated: int = 0  # partial records dropped because the body ended mid-record
+    last_record_at: float | None = None
+
+
+#: Why the transport is paused: the sink is full.
+PAUSE_SINK = "sink"
+
+
+class StreamProtocol(Protocol):
+    """Frames, gates and delivers one response body.
+
+    The framer, counter and sink are shared across reconnects by the caller;
+    this object lives for one connection.  Re-entrancy is expected: putting a
+    record can run a consumer's callback synchronously, and that consumer may
+    stop the stream; every step after a put checks for that.
+    """
+
+    def __init__(
+        self,
+        framer: Framer,
+        counter: Counter,
+        sink: Sink,
+        stats: StreamStats,
+        clock: IReactorTime,
+    ) -> None:
+        self.done: Deferred[StreamOutcome] = Deferred()
+        self._framer = framer
+        self._counter = counter
+        self._sink = sink
+        self._stats = stats
+        self._clock = clock
+        self._pause_reasons: set[str] = set()
+        self._stopping: Ending | None = None
+        self._lost = False
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._pause_reasons)
+
+    def connectionMade(self) -> None:
+        if self._stopping is not None:
+            self.transport.stopProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._stopping is not None:
+            return  # bytes after a stop are not wanted; nothing was admitted
+        stats = self._stats
+        stats.bytes += len(data)
+        records = self._framer.feed(data)
+        if records:
+            counter = self._counter
+            wanted = len(records)
+            admitted = counter.admit(wanted)
+            if admitted:
+                self._sink.put(records if admitted == wanted else records[:admitted])
+                stats.records += admitted
+                stats.last_record_at = self._clock.seconds()
+            if self._stopping is not None:
+                return  # a consumer stopped us from inside put()
+            if admitted < wanted or counter.limit_reached:
+                self.stop(Ending.LIMIT if counter.started else Ending.STOPPED)
+                return
+        if PAUSE_SINK not in self._pause_reasons and self._sink.full:
+            self.pause(PAUSE_SINK)
+            self._sink.set_drain_callback(self._sink_drained)
+
+    def pause(self, reason: str) -> None:
+        """Stop reading from the socket; the server stalls once buffers fill."""
+        if self._stopping is not None or self._lost:
+            return
+        if not self._pause_reasons:
+            assert self.transport is not None
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self._stats.pauses += 1
+        self._pause_reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        if not self._pause_reasons and self._stopping is None and not self._lost:
+            assert self.transport is not None
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stop(self, ending: Ending = Ending.STOPPED) -> None:
+        """Close the response now, even mid-pause or on a silent stream."""
+        if self._stopping is not None or self._lost:
+            return
+        self._stopping = ending
+        self._sink.set_drain_callback(None)
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        if self._lost:
+            return
+        self._lost = True
+        self._sink.set_drain_callback(None)
+        if self._framer.close():
+            self._stats.truncated += 1
+        if self._stopping is not None:
+            outcome = StreamOutcome(self._stopping)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            outcome = StreamOutcome(Ending.ENDED)
+        else:
+            outcome = StreamOutcome(Ending.FAILED, reason)
+        self.done.callback(outcome)
+
+    def _sink_drained(self) -> None:
+        self.resume(PAUSE_SINK)

@@ -1,0 +1,213 @@
+"""Sinks: where admitted records go, and how they tell the stream to wait.
+
+A sink accepts every record it is given (admitted records are already counted,
+so a sink may never refuse or drop one) and reports ``full`` when the producer
+should pause the HTTP transport; it calls its drain callback once it has room
+again.  That pair is the whole backpressure contract between a sink and the
+body protocol.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, DeferredQueue, QueueOverflow, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+__all__ = [
+    "DEFAULT_HIGH_WATERMARK",
+    "DEFAULT_LOW_WATERMARK",
+    "QueueSink",
+    "RecordQueue",
+    "Sink",
+]
+
+_T = TypeVar("_T")
+
+DEFAULT_HIGH_WATERMARK = 10_000
+DEFAULT_LOW_WATERMARK = 2_500
+
+DrainCallback = Callable[[], None]
+
+
+class Sink(Protocol):
+    """What the body protocol needs from a sink."""
+
+    @property
+    def full(self) -> bool:
+        """True when the stream should pause until the drain callback runs."""
+
+    def put(self, records: list[bytes]) -> None:
+        """Take admitted records; never refuse or drop one."""
+
+    def set_drain_callback(self, callback: DrainCallback | None) -> None:
+        """Call ``callback`` (once) when a full sink has room again."""
+
+
+class RecordQueue(DeferredQueue[_T]):
+    """A ``DeferredQueue`` built for streams of many small records.
+
+    Twisted's ``DeferredQueue`` keeps ``pending`` in a list and ``get()`` pops its
+    head, so draining a queue of n records costs O(n**2); here ``pending`` and
+    ``waiting`` are deques.  ``extend`` takes a batch in one call.  ``get()``
+    reports the queue shrinking to a listener so a paused stream resumes as soon
+    as the consumer catches up, with no polling.
+    """
+
+    pending: deque[_T]  # type: ignore[assignment]
+    waiting: deque[Deferred[_T]]  # type: ignore[assignment]
+
+    def __init__(self, size: int | None = None, backlog: int | None = None) -> None:
+        super().__init__(size, backlog)
+        self.pending = deque()
+        self.waiting = deque()
+        self._low_watermark = -1
+        self._on_low: DrainCallback | None = None
+
+    def put(self, obj: _T) -> None:
+        if self.waiting:
+            self.waiting.popleft().callback(obj)
+        elif self.size is None or len(self.pending) < self.size:
+            self.pending.append(obj)
+        else:
+            raise QueueOverflow()
+
+    def extend(self, objs: Iterable[_T]) -> None:
+        """Put many objects at once, in order (an unsized queue only)."""
+        if self.size is not None:
+            for obj in objs:
+                self.put(obj)
+            return
+        pending = self.pending
+        pending.extend(objs)
+        waiting = self.waiting
+        # Serve waiting getters from the head; a getter's callback may itself
+        # take more records synchronously, which is the fast path for consumers.
+        while waiting and pending:
+            waiting.popleft().callback(pending.popleft())
+
+    def get(self) -> Deferred[_T]:
+        pending = self.pending
+        if pending:
+            obj = pending.popleft()
+            if self._on_low is not None and len(pending) <= self._low_watermark:
+                self._fire_low()
+            return succeed(obj)
+        return super().get()
+
+    def notify_when_low(self, low_watermark: int, callback: DrainCallback) -> None:
+        """Call ``callback`` once, when ``get()`` leaves ``low_watermark`` or fewer."""
+        self._low_watermark = low_watermark
+        self._on_low = callback
+
+    def cancel_notify(self) -> None:
+        self._on_low = None
+        self._low_watermark = -1
+
+    def _fire_low(self) -> None:
+        callback, self._on_low = self._on_low, None
+        self._low_watermark = -1
+        if callback is not None:
+            callback()
+
+
+class QueueSink:
+    """Puts records into a ``DeferredQueue``; full above the high watermark.
+
+    With a :class:`RecordQueue` the drain is reported by the queue itself.  Any
+    other ``DeferredQueue`` is polled while the stream is paused, since nothing
+    tells us when its consumer takes a record.  A queue with a ``size`` bound is
+    honoured: what does not fit waits here (at most one chunk's worth, since the
+    stream is paused) and moves in as the consumer makes room.
+    """
+
+    POLL_INTERVAL = 0.02
+
+    def __init__(
+        self,
+        queue: DeferredQueue[bytes],
+        high_watermark: int = DEFAULT_HIGH_WATERMARK,
+        low_watermark: int | None = None,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        if high_watermark < 1:
+            raise ValueError(f"high_watermark must be >= 1, not {high_watermark}")
+        if low_watermark is None:
+            low_watermark = high_watermark // 4
+        if not 0 <= low_watermark < high_watermark:
+            raise ValueError(
+                f"low_watermark must be in [0, {high_watermark}), not {low_watermark}"
+            )
+        if queue.size is not None:
+            high_watermark = min(high_watermark, queue.size)
+            low_watermark = min(low_watermark, high_watermark - 1)
+        self.queue = queue
+        self.high_watermark = high_watermark
+        self.low_watermark = low_watermark
+        self._overflow: deque[bytes] = deque()
+        self._on_drain: DrainCallback | None = None
+        self._poll: LoopingCall | None = None
+        self._reactor = reactor
+        self._fast = isinstance(queue, RecordQueue) and queue.size is None
+
+    @property
+    def full(self) -> bool:
+        return bool(self._overflow) or len(self.queue.pending) >= self.high_watermark
+
+    def put(self, records: list[bytes]) -> None:
+        if self._fast:
+            self.queue.extend(records)  # type: ignore[attr-defined]
+            return
+        if self._overflow:
+            self._overflow.extend(records)
+            return
+        put = self.queue.put
+        for index, record in enumerate(records):
+            try:
+                put(record)
+            except QueueOverflow:
+                self._overflow.extend(records[index:])
+                return
+
+    def set_drain_callback(self, callback: DrainCallback | None) -> None:
+        self._on_drain = callback
+        queue = self.queue
+        if callback is None:
+            self._stop_polling()
+            if isinstance(queue, RecordQueue):
+                queue.cancel_notify()
+            return
+        if isinstance(queue, RecordQueue) and not self._overflow:
+            queue.notify_when_low(self.low_watermark, self._drained)
+        else:
+            self._start_polling()
+
+    def _drained(self) -> None:
+        callback, self._on_drain = self._on_drain, None
+        self._stop_polling()
+        if callback is not None:
+            callback()
+
+    def _check(self) -> None:
+        queue = self.queue
+        overflow = self._overflow
+        while overflow and (queue.size is None or len(queue.pending) < queue.size):
+            queue.put(overflow.popleft())
+        if not overflow and len(queue.pending) <= self.low_watermark:
+            self._drained()
+
+    def _start_polling(self) -> None:
+        if self._poll is not None:
+            return
+        self._poll = LoopingCall(self._check)
+        if self._reactor is not None:
+            self._poll.clock = self._reactor
+        self._poll.start(self.POLL_INTERVAL, now=False)
+
+    def _stop_polling(self) -> None:
+        poll, self._poll = self._poll, None
+        if poll is not None and poll.running:
+            poll.stop()
