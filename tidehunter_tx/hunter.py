@@ -14,12 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from treq.client import HTTPClient
 from treq.response import _Response
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredQueue,
-    ensureDeferred,
-)
+from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -246,9 +241,11 @@ class Hunter:
         self._request = request
         try:
             response = await request
-        except CancelledError:
+        except Exception:
+            # Cancelling shows up wrapped (ResponseNeverReceived([CancelledError])):
+            # what matters is whether the off switch did it or something else.
             if self.sc.started:
-                raise  # the header timeout, not an off switch
+                raise
             return None
         finally:
             self._request = None

@@ -9,9 +9,11 @@ body protocol.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredQueue, QueueOverflow, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -20,6 +22,7 @@ from twisted.internet.task import LoopingCall
 __all__ = [
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_LOW_WATERMARK",
+    "FileSink",
     "QueueSink",
     "RecordQueue",
     "Sink",
@@ -169,14 +172,18 @@ class QueueSink:
             try:
                 put(record)
             except QueueOverflow:
+                # Admitted records are owed to the consumer: keep them and move
+                # them in as room appears, even after the stream has stopped.
                 self._overflow.extend(records[index:])
+                self._start_polling()
                 return
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
         self._on_drain = callback
         queue = self.queue
         if callback is None:
-            self._stop_polling()
+            if not self._overflow:
+                self._stop_polling()
             if isinstance(queue, RecordQueue):
                 queue.cancel_notify()
             return
@@ -187,7 +194,8 @@ class QueueSink:
 
     def _drained(self) -> None:
         callback, self._on_drain = self._on_drain, None
-        self._stop_polling()
+        if not self._overflow:
+            self._stop_polling()
         if callback is not None:
             callback()
 
@@ -196,7 +204,11 @@ class QueueSink:
         overflow = self._overflow
         while overflow and (queue.size is None or len(queue.pending) < queue.size):
             queue.put(overflow.popleft())
-        if not overflow and len(queue.pending) <= self.low_watermark:
+        if overflow:
+            return
+        if self._on_drain is None:
+            self._stop_polling()
+        elif len(queue.pending) <= self.low_watermark:
             self._drained()
 
     def _start_polling(self) -> None:
@@ -211,3 +223,51 @@ class QueueSink:
         poll, self._poll = self._poll, None
         if poll is not None and poll.running:
             poll.stop()
+
+
+class FileSink:
+    """Appends records to a binary file, one per line.
+
+    Writes go through the file object's buffer and are flushed once per batch,
+    so a reader tailing the file sees whole batches; ``close()`` flushes and
+    closes.  Local file writes do not block long enough to need backpressure,
+    so this sink is never ``full``.
+    """
+
+    full = False
+
+    def __init__(self, file: BinaryIO, *, close_file: bool = True) -> None:
+        self._file = file
+        self._close_file = close_file
+
+    @classmethod
+    def open(cls, path: str) -> FileSink:
+        return cls(open(path, "ab"))  # noqa: SIM115 - closed by close()
+
+    @classmethod
+    def stdout(cls) -> FileSink:
+        """Records on standard output, and nothing else.
+
+        The process's file descriptor 1 is pointed at standard error, so
+        whatever else writes to "stdout" (twistd's log with ``-n``, a stray
+        print) lands there; the records keep a private copy of the original
+        descriptor.
+        """
+        sys.stdout.flush()
+        records_fd = os.dup(1)
+        os.dup2(2, 1)
+        return cls(os.fdopen(records_fd, "wb"))
+
+    def put(self, records: list[bytes]) -> None:
+        self._file.write(b"\n".join(records) + b"\n")
+        self._file.flush()
+
+    def set_drain_callback(self, callback: DrainCallback | None) -> None:
+        """Never full, so never drained."""
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.flush()
+        if self._close_file:
+            self._file.close()

@@ -1,0 +1,58 @@
+# Two commands set everything up on a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_LIMIT ?= 10
+
+.PHONY: demo test check bench redis-server clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Editable install: twistd finds twisted/plugins/ through the project root.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,dev]'
+	@touch $@
+
+# The tests start their own redis-server on a free port; only the binary is needed.
+redis-server:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server with apt-get"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+	  else \
+	    echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: $(VENV)/.installed redis-server
+	$(BIN)/python -m pytest
+
+check: $(VENV)/.installed
+	$(BIN)/ruff check tidehunter_tx twisted tests benchmarks
+	$(BIN)/ruff format --check tidehunter_tx twisted tests benchmarks
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/throughput.py
+
+# Starts the emulator on a free port, runs the daemon with a limit, shows the
+# records (stdout) and the counts (the daemon's log, on stderr), stops the emulator.
+demo: $(VENV)/.installed
+	@set -e; \
+	log=$$(mktemp); \
+	$(BIN)/tidehunter-firehose --port 0 > $$log & fh=$$!; \
+	trap 'kill $$fh 2>/dev/null; rm -f $$log' EXIT; \
+	for i in $$(seq 100); do grep -q listening $$log && break; sleep 0.1; done; \
+	url=$$(sed -n 's/^listening on //p' $$log)/firehose?rate=200\&size=80; \
+	echo "== emulator: $$url"; \
+	echo "== twistd -n --pidfile= tidehunter --url '$$url' --limit $(DEMO_LIMIT)"; \
+	$(BIN)/twistd -n --pidfile= tidehunter --url "$$url" --limit $(DEMO_LIMIT) \
+	  2> >(grep --line-buffered 'tidehunter:' | sed 's/^.*tidehunter: /== counts: /' >&2); \
+	echo "== exit code $$?"
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name dropin.cache -delete
