@@ -559,7 +559,7 @@ class FirehoseOptions:
 
 def _set_header(request: Request, name: bytes, value: bytes) -> None:
     """Typed wrapper: twisted.web's ``setHeader`` has no annotations."""
-    request.setHeader(name, value)  # type: ignore[no-untyped-call]
+    request.setHeader(name, value)
 
 
 def _plain(request: Request, code: int, message: str) -> bytes:
@@ -648,10 +648,10 @@ def _echo_headers(request: Request) -> dict[str, str]:
 
 
 def _full_url(request: Request) -> str:
-    scheme = "https" if request.isSecure() else "http"  # type: ignore[no-untyped-call]
+    scheme = "https" if request.isSecure() else "http"
     host = request.getHeader(b"host")
     if host is None:
-        address = request.getHost()  # type: ignore[no-untyped-call]
+        address = request.getHost()
         host = f"{getattr(address, 'host', '')}:{getattr(address, 'port', 0)}".encode()
     return f"{scheme}://{host.decode('latin-1')}{request.uri.decode('latin-1')}"
 
@@ -680,7 +680,7 @@ class StreamResource(_Resource):
         count = self._count(request)
         if isinstance(count, bytes):
             return count
-        address = request.getClientAddress()  # type: ignore[no-untyped-call]
+        address = request.getClientAddress()
         origin = getattr(address, "host", "")
         encoder = HttpbinLinesEncoder(
             _full_url(request), _echo_args(request), _echo_headers(request), origin

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 from treq.client import HTTPClient
 from treq.response import _Response
 from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool

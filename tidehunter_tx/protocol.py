@@ -53,6 +53,8 @@ class StreamStats:
     last_record_at: float | None = None
 
 
+_CLEAN_END = Failure(ResponseDone())
+
 #: Why the transport is paused: the sink is full.
 PAUSE_SINK = "sink"
 
@@ -142,7 +144,7 @@ class StreamProtocol(Protocol):
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = _CLEAN_END) -> None:
         if self._lost:
             return
         self._lost = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
@@ -82,7 +82,7 @@ class Options(usage.Options):
         "Records go to stdout by default; twistd's own log then goes to stderr."
     )
 
-    optParameters: list[list[Any]] = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["url", None, None, "The stream to read (required)."],
         ["method", None, "GET", "HTTP method."],
         ["data", None, None, "Request body."],
@@ -99,14 +99,16 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["headers"] = []
 
     def opt_header(self, value: str) -> None:
         """A request header 'Name: value' (repeatable)."""
         name, sep, content = value.partition(":")
         if not sep or not name.strip():
-            raise usage.UsageError(f"--header must look like 'Name: value', not {value!r}")
+            raise usage.UsageError(
+                f"--header must look like 'Name: value', not {value!r}"
+            )
         self["headers"].append((name.strip(), content.strip()))
 
     def postOptions(self) -> None:
@@ -135,12 +137,12 @@ class HunterService(Service):
         self.exit_code = 0
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.run = self.hunter.tide_on(self.limit)
         self.run.addCallbacks(self._ended, self._failed)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self.hunter.running:
             self.hunter.tide_off()
         self.sink.close()
@@ -181,11 +183,9 @@ class HunterService(Service):
                 sys.stderr.flush()
                 os._exit(code)
 
-            reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
-                "after", "shutdown", exit_with_code
-            )
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
+        if reactor.running:
+            reactor.stop()
 
 
 def makeService(options: Options) -> IService:
@@ -203,5 +203,5 @@ def makeService(options: Options) -> IService:
         sink=sink,
     )
     top = MultiService()
-    HunterService(hunter, sink, options["limit"]).setServiceParent(top)
+    HunterService(hunter, sink, options["limit"]).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

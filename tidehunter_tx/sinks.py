@@ -242,7 +242,7 @@ class FileSink:
 
     @classmethod
     def open(cls, path: str) -> FileSink:
-        return cls(open(path, "ab"))  # noqa: SIM115 - closed by close()
+        return cls(open(path, "ab"))
 
     @classmethod
     def stdout(cls) -> FileSink:
