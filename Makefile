@@ -42,16 +42,20 @@ bench: $(VENV)/.installed
 # records (stdout) and the counts (the daemon's log, on stderr), stops the emulator.
 demo: $(VENV)/.installed
 	@set -e; \
-	log=$$(mktemp); \
-	$(BIN)/tidehunter-firehose --port 0 > $$log & fh=$$!; \
-	trap 'kill $$fh 2>/dev/null; rm -f $$log' EXIT; \
-	for i in $$(seq 100); do grep -q listening $$log && break; sleep 0.1; done; \
-	url=$$(sed -n 's/^listening on //p' $$log)/firehose?rate=200\&size=80; \
+	tmp=$$(mktemp -d); \
+	$(BIN)/tidehunter-firehose --port 0 > $$tmp/firehose.out 2> $$tmp/firehose.log & fh=$$!; \
+	trap 'kill $$fh 2>/dev/null; rm -rf $$tmp' EXIT; \
+	for i in $$(seq 100); do grep -q listening $$tmp/firehose.out && break; sleep 0.1; done; \
+	url="$$(sed -n 's/^listening on //p' $$tmp/firehose.out)/firehose?rate=200&size=80"; \
 	echo "== emulator: $$url"; \
 	echo "== twistd -n --pidfile= tidehunter --url '$$url' --limit $(DEMO_LIMIT)"; \
-	$(BIN)/twistd -n --pidfile= tidehunter --url "$$url" --limit $(DEMO_LIMIT) \
-	  2> >(grep --line-buffered 'tidehunter:' | sed 's/^.*tidehunter: /== counts: /' >&2); \
-	echo "== exit code $$?"
+	echo "== records (stdout):"; \
+	rc=0; $(BIN)/twistd -n --pidfile= tidehunter --url "$$url" --limit $(DEMO_LIMIT) \
+	  2> $$tmp/daemon.log || rc=$$?; \
+	echo "== counts (from the daemon's log, which went to stderr):"; \
+	sed -n 's/^.*tidehunter: /   /p' $$tmp/daemon.log; \
+	echo "== daemon exit code: $$rc"; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -53,7 +53,8 @@ class HTTPStatusError(Exception):
         self.code = code
         self.phrase = phrase
         self.body = body
-        excerpt = body[:200].decode("utf-8", "replace").strip()
+        # One line: an error body is often several JSON lines.
+        excerpt = " ".join(body[:200].decode("utf-8", "replace").split())
         message = f"{method} {url} answered HTTP {code} {phrase}".rstrip()
         super().__init__(f"{message}: {excerpt}" if excerpt else message)
 

@@ -1,0 +1,87 @@
+"""The twistd plugin as a user runs it: a real twistd process, a real emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def twistd(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    # The console script a user runs, from the same environment as the tests.
+    command = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile="]
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [*command, *args], capture_output=True, text=True, timeout=60, **kwargs
+    )
+
+
+def test_plugin_is_listed_by_twistd_help():
+    result = twistd("--help")
+    assert "tidehunter" in result.stdout
+
+
+def test_stdout_sink_carries_exactly_the_records(firehose_process):
+    result = twistd(
+        "tidehunter", "--url", f"{firehose_process}/firehose?size=100", "--limit", "5"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [0, 1, 2, 3, 4]
+    assert "5 records delivered" in result.stderr
+
+
+def test_file_sink_gets_exactly_the_limit_and_exits_0(firehose_process, tmp_path):
+    out = tmp_path / "records.jsonl"
+    result = twistd(
+        "tidehunter",
+        "--url",
+        f"{firehose_process}/firehose?size=150&chunk=777",
+        "--limit",
+        "1000",
+        "--sink",
+        f"file:{out}",
+    )
+    assert result.returncode == 0, result.stderr
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert ids == list(range(1000))
+
+
+def test_http_error_exits_non_zero_with_the_reason(firehose_process, tmp_path):
+    out = tmp_path / "records.jsonl"
+    result = twistd(
+        "tidehunter", "--url", f"{firehose_process}/status/503", "--sink", f"file:{out}"
+    )
+    assert result.returncode != 0
+    # With a file sink twistd logs where it always does (stdout with -n).
+    assert "answered HTTP 503 Service Unavailable" in result.stdout + result.stderr
+    assert out.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--limit", "-3"], "--limit"),
+        (["--limit", "many"], "--limit"),
+        (["--sink", "ftp://x"], "--sink"),
+        (["--framing", "xml"], "--framing"),
+        (["--max-record-bytes", "0"], "--max-record-bytes"),
+        (["--header", "no colon"], "--header"),
+        ([], "--url"),
+    ],
+)
+def test_bad_option_is_a_usage_error_naming_it(args, named):
+    url = [] if named == "--url" else ["--url", "http://127.0.0.1:9/"]
+    result = twistd("tidehunter", *url, *args, cwd=os.getcwd())
+    assert result.returncode != 0
+    assert named in result.stderr + result.stdout
+
+
+def test_plugin_file_has_no_package_init():
+    root = Path(__file__).resolve().parent.parent
+    assert (root / "twisted/plugins/tidehunter_plugin.py").exists()
+    assert not (root / "twisted/__init__.py").exists()
+    assert not (root / "twisted/plugins/__init__.py").exists()
