@@ -257,3 +257,20 @@ def test_record_queue_is_a_deferred_queue():
     assert list(q.pending) == [b"b", b"c"]
     d: Deferred[bytes] = q.get()
     assert d.called and d.result == b"b"
+
+
+@pytest_twisted.ensureDeferred
+async def test_gzip_stream_is_decoded_and_limit_exact(firehose):
+    h = Hunter(f"{firehose}/firehose?count=500&size=70&chunk=100&gzip=1")
+    await h.tide_on(limit=300)
+    assert ids(drain(h.q)) == list(range(300))
+
+
+@pytest_twisted.ensureDeferred
+async def test_gzip_stream_pauses_and_resumes(firehose):
+    h = Hunter(f"{firehose}/firehose?size=70&gzip=1", high_watermark=500)
+    run = h.tide_on(limit=3000)
+    await wait_for(lambda: h.stats.pauses >= 1)
+    got = [await h.q.get() for _ in range(3000)]
+    await run
+    assert ids(got) == list(range(3000))

@@ -17,14 +17,13 @@ from treq.response import _Response
 from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from .counter import Counter, StateCounter
 from .framing import DEFAULT_MAX_RECORD_BYTES, Framer, make_framer
 from .protocol import Ending, StreamOutcome, StreamProtocol, StreamStats
 from .sinks import (
     DEFAULT_HIGH_WATERMARK,
-    DEFAULT_LOW_WATERMARK,
     QueueSink,
     RecordQueue,
     Sink,
@@ -115,6 +114,16 @@ class _Excerpt(Protocol):
             self.done.callback(bytes(self.data))
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """A stream is one long connection: its factory's start/stop is no news."""
+
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
 class Hunter:
     """Streams ``url`` into ``q`` (a ``DeferredQueue`` of ``bytes`` records).
 
@@ -128,7 +137,8 @@ class Hunter:
     :param framing: how records are cut: ``"lines"``.
     :param max_record_bytes: larger records are skipped and counted.
     :param high_watermark: pause reading from the socket when this many
-        records wait in the queue; resume at ``low_watermark``.
+        records wait in the queue; resume at ``low_watermark`` (default: a
+        quarter of the high watermark).
     :param sink: deliver somewhere other than ``q`` (file, Redis, ...).
     :param timeout: seconds to wait for the response headers.
     """
@@ -146,7 +156,7 @@ class Hunter:
         framing: str = "lines",
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
-        low_watermark: int = DEFAULT_LOW_WATERMARK,
+        low_watermark: int | None = None,
         sink: Sink | None = None,
         timeout: float | None = 30.0,
         reactor: Any = None,
@@ -172,11 +182,12 @@ class Hunter:
         self.timeout = timeout
         self._reactor = reactor
         self._client = HTTPClient(
-            Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+            Agent(reactor, pool=_QuietPool(reactor, persistent=False)),  # type: ignore[no-untyped-call]
         )
         self._request: Deferred[_Response] | None = None
         self._protocol: StreamProtocol | None = None
         self._running = False
+        self._records_before_run = 0
 
     @property
     def safe_url(self) -> str:
@@ -219,6 +230,7 @@ class Hunter:
         self.sc.limit = limit
         self.sc.start()
         self.sc.add_stop_listener(self._stop_now)
+        self._records_before_run = self.stats.records
         try:
             return await self._stream_once()
         finally:
@@ -269,7 +281,8 @@ class Hunter:
         finally:
             self._protocol = None
         if outcome.ending is Ending.FAILED:
-            raise StreamFailed(self.safe_url, self.stats.records, outcome.reason)
+            delivered = self.stats.records - self._records_before_run
+            raise StreamFailed(self.safe_url, delivered, outcome.reason)
         return response
 
     def _stop_now(self) -> None:
