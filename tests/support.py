@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import treq
@@ -41,3 +45,76 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+BIN = Path(sys.executable).parent
+#: The console scripts a user runs, from the same environment as the tests.
+TWISTD = [str(BIN / "twistd"), "-n", "--pidfile="]
+CTL = str(BIN / "tidehunter-ctl")
+
+
+class Daemon:
+    """A real ``twistd -n tidehunter`` process, steered with ``tidehunter-ctl``."""
+
+    def __init__(self, workdir: Path, *args: str, control: str | None = None):
+        self.workdir = workdir
+        self.control = control or f"unix:{workdir / 'th.sock'}:mode=600"
+        self.log = workdir / "daemon.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [*TWISTD, "tidehunter", *args, "--control", self.control],
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def ctl(
+        self, *args: str, secret_file: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        extra = ["--secret-file", secret_file] if secret_file else []
+        return subprocess.run(
+            [CTL, "--control", self.control, *extra, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    def status(self, **kwargs: Any) -> dict[str, Any]:
+        result = self.ctl("status", **kwargs)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def wait_until_up(self, timeout: float = 15.0) -> None:
+        """Poll until the control socket answers (or the daemon died)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output()
+            if self.ctl("status").returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the daemon never answered: {self.output()}")
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met within {timeout}s: {status}")
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

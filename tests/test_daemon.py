@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from support import TWISTD
 
 
 def twistd(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    # The console script a user runs, from the same environment as the tests.
-    command = [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile="]
+    """Run the daemon to its end, in a fresh directory (its control socket)."""
+    kwargs.setdefault("cwd", tempfile.mkdtemp(prefix="tidehunter-test-"))
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        [*command, *args], capture_output=True, text=True, timeout=60, **kwargs
+        [*TWISTD, *args], capture_output=True, text=True, timeout=60, **kwargs
     )
 
 
@@ -50,14 +50,39 @@ def test_file_sink_gets_exactly_the_limit_and_exits_0(firehose_process, tmp_path
     assert ids == list(range(1000))
 
 
-def test_http_error_exits_non_zero_with_the_reason(firehose_process, tmp_path):
+def test_http_error_with_no_reconnect_exits_non_zero_with_the_reason(
+    firehose_process, tmp_path
+):
     out = tmp_path / "records.jsonl"
     result = twistd(
-        "tidehunter", "--url", f"{firehose_process}/status/503", "--sink", f"file:{out}"
+        "tidehunter",
+        "--url",
+        f"{firehose_process}/status/503",
+        "--sink",
+        f"file:{out}",
+        "--no-reconnect",
+        "--control",
+        f"unix:{tmp_path / 'th.sock'}",
     )
     assert result.returncode != 0
     # With a file sink twistd logs where it always does (stdout with -n).
     assert "answered HTTP 503 Service Unavailable" in result.stdout + result.stderr
+    assert out.read_bytes() == b""
+
+
+def test_fatal_status_ends_the_daemon_even_with_reconnects(firehose_process, tmp_path):
+    out = tmp_path / "records.jsonl"
+    result = twistd(
+        "tidehunter",
+        "--url",
+        f"{firehose_process}/status/404",
+        "--sink",
+        f"file:{out}",
+        "--control",
+        f"unix:{tmp_path / 'th.sock'}",
+    )
+    assert result.returncode != 0
+    assert "HTTP 404 is fatal" in result.stdout + result.stderr
     assert out.read_bytes() == b""
 
 
@@ -75,7 +100,7 @@ def test_http_error_exits_non_zero_with_the_reason(firehose_process, tmp_path):
 )
 def test_bad_option_is_a_usage_error_naming_it(args, named):
     url = [] if named == "--url" else ["--url", "http://127.0.0.1:9/"]
-    result = twistd("tidehunter", *url, *args, cwd=os.getcwd())
+    result = twistd("tidehunter", *url, *args)
     assert result.returncode != 0
     assert named in result.stderr + result.stdout
 

@@ -8,20 +8,29 @@ stream), and ``tide_off()`` ends the run at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from treq.client import HTTPClient
 from treq.response import _Response
-from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredQueue,
+    ensureDeferred,
+)
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.iweb import IAgent
 
 from .counter import Counter, StateCounter
 from .framing import DEFAULT_MAX_RECORD_BYTES, Framer, make_framer
-from .protocol import Ending, StreamOutcome, StreamProtocol, StreamStats
+from .policy import Backoff, FailureKind, classify
+from .protocol import PAUSE_USER, Ending, StreamOutcome, StreamProtocol, StreamStats
 from .sinks import (
     DEFAULT_HIGH_WATERMARK,
     QueueSink,
@@ -31,9 +40,12 @@ from .sinks import (
 
 __all__ = [
     "AlreadyRunning",
+    "GaveUp",
     "HTTPStatusError",
     "Hunter",
     "StreamFailed",
+    "loggable_url",
+    "public_url",
     "redact_url",
 ]
 
@@ -46,12 +58,21 @@ ERROR_EXCERPT_BYTES = 1024
 class HTTPStatusError(Exception):
     """The server answered with a status other than 2xx; nothing was queued."""
 
-    def __init__(self, method: str, url: str, code: int, phrase: str, body: bytes):
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        code: int,
+        phrase: str,
+        body: bytes,
+        retry_after: str | None = None,
+    ):
         self.method = method
         self.url = url
         self.code = code
         self.phrase = phrase
         self.body = body
+        self.retry_after = retry_after
         # One line: an error body is often several JSON lines.
         excerpt = " ".join(body[:200].decode("utf-8", "replace").split())
         message = f"{method} {url} answered HTTP {code} {phrase}".rstrip()
@@ -73,8 +94,31 @@ class AlreadyRunning(Exception):
     """``tide_on`` was called while a run of the same hunter was still on."""
 
 
+class GaveUp(Exception):
+    """The reconnect policy gave up (a fatal status, or too many tries)."""
+
+    def __init__(self, reason: str, error: BaseException | None):
+        self.reason = reason
+        self.error = error
+        super().__init__(reason if error is None else f"{reason}: {error}")
+
+
+def public_url(url: str) -> str:
+    """Scheme, host and path only: safe for status replies and metrics.
+
+    Query strings of real feeds carry API keys as often as not.
+    """
+    parts = urlsplit(redact_url(url))
+    return urlunsplit(parts._replace(query="", fragment=""))
+
+
+_SECRET_QUERY_KEY = re.compile(
+    r"key|token|secret|pass|auth|sig|session|credential|access", re.IGNORECASE
+)
+
+
 def redact_url(url: str) -> str:
-    """Drop credentials from a URL so it can be logged or reported."""
+    """Drop the user:password part of a URL (it becomes basic auth)."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
@@ -85,6 +129,22 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def loggable_url(url: str) -> str:
+    """The URL for log lines and errors: no credentials, no secret-looking values.
+
+    Feeds take API keys in the query (``?api_key=...``); the names stay, so a
+    log still says which parameters were sent.
+    """
+    parts = urlsplit(redact_url(url))
+    if not parts.query:
+        return urlunsplit(parts)
+    pairs = []
+    for pair in parts.query.split("&"):
+        name, sep, _ = pair.partition("=")
+        pairs.append(f"{name}=***" if sep and _SECRET_QUERY_KEY.search(name) else pair)
+    return urlunsplit(parts._replace(query="&".join(pairs)))
+
+
 def _describe(reason: Failure) -> str:
     """One line for a failure, looking inside Twisted's wrapper exceptions."""
     value = reason.value
@@ -92,6 +152,10 @@ def _describe(reason: Failure) -> str:
     if inner:
         return "; ".join(_describe(f) for f in inner if isinstance(f, Failure))
     return f"{type(value).__name__}: {value}" if str(value) else type(value).__name__
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class _Excerpt(Protocol):
@@ -134,13 +198,19 @@ class Hunter:
     :param sc: the state counter (``count``, ``total``, ``started``,
         ``stopped``, ``start()``, ``stop()``); a consumer's ``sc.stop()``
         ends the run at once.
-    :param framing: how records are cut: ``"lines"``.
+    :param framing: how records are cut: ``"lines"``, ``"sse"``, ``"length"``.
     :param max_record_bytes: larger records are skipped and counted.
     :param high_watermark: pause reading from the socket when this many
         records wait in the queue; resume at ``low_watermark`` (default: a
         quarter of the high watermark).
     :param sink: deliver somewhere other than ``q`` (file, Redis, ...).
     :param timeout: seconds to wait for the response headers.
+    :param reconnect: when the stream ends or breaks, connect again as the
+        backoff policy says, until the limit is reached or the counter is
+        switched off.  Off by default, as in the original library.
+    :param backoff: the reconnect policy (default: the hbc policy).
+    :param stall_timeout: seconds without a byte (keep-alives count) after
+        which the connection is judged dead; ``None`` never judges.
     """
 
     def __init__(
@@ -159,13 +229,23 @@ class Hunter:
         low_watermark: int | None = None,
         sink: Sink | None = None,
         timeout: float | None = 30.0,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
+        stall_timeout: float | None = None,
+        agent: IAgent | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
+        parts = urlsplit(url)
+        if parts.username is not None and auth is None:
+            # user:password@host means basic auth (as in requests); the
+            # credentials never travel in the request line.
+            auth = (unquote(parts.username), unquote(parts.password or ""))
         self.url = url
+        self._request_url = redact_url(url)
         self.q: DeferredQueue[bytes] = RecordQueue() if q is None else q
         self.sc: Counter = StateCounter() if sc is None else sc
         self.method = method.upper()
@@ -180,30 +260,51 @@ class Hunter:
         )
         self.stats = StreamStats()
         self.timeout = timeout
+        self.reconnect = reconnect
+        self.backoff = Backoff() if backoff is None else backoff
+        self.stall_timeout = stall_timeout
         self._reactor = reactor
-        self._client = HTTPClient(
-            Agent(reactor, pool=_QuietPool(reactor, persistent=False)),  # type: ignore[no-untyped-call]
-        )
+        if agent is None:
+            pool = _QuietPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
+            agent = Agent(reactor, pool=pool)
+        self._client = HTTPClient(agent)
         self._request: Deferred[_Response] | None = None
         self._protocol: StreamProtocol | None = None
+        self._waiting: Deferred[None] | None = None
         self._running = False
+        self._user_paused = False
         self._records_before_run = 0
+        self._state = "idle"
+        self._current_delay = 0.0
 
     @property
     def safe_url(self) -> str:
-        """The URL without credentials, for logs and status replies."""
-        return redact_url(self.url)
+        """The URL without credentials, for logs and error messages."""
+        return loggable_url(self.url)
 
     @property
     def running(self) -> bool:
         return self._running
 
-    def tide_on(self, limit: int = 0) -> Deferred[_Response | None]:
-        """Start a run; fire with the response when it is over.
+    @property
+    def delivered(self) -> int:
+        """Records this hunter delivered in its current (or last) run."""
+        return self.stats.records - self._records_before_run
 
-        Fires with ``None`` when the run was switched off before the server
-        answered.  Fails with :class:`HTTPStatusError` for a non-2xx answer
-        and :class:`StreamFailed` when the connection breaks.
+    @property
+    def state(self) -> str:
+        """idle, connecting, streaming, paused, reconnecting or stopped."""
+        if self._state == "streaming" and self._user_paused:
+            return "paused"
+        return self._state
+
+    def tide_on(self, limit: int = 0) -> Deferred[_Response | None]:
+        """Start a run; fire with the last response when it is over.
+
+        Fires with ``None`` when the run was switched off before any server
+        answered.  Without ``reconnect``, fails with :class:`HTTPStatusError`
+        for a non-2xx answer and :class:`StreamFailed` when the connection
+        breaks; with it, fails with :class:`GaveUp` when the policy gives up.
         """
         if self._running:
             raise AlreadyRunning(f"a run of {self.safe_url} is already on")
@@ -217,14 +318,52 @@ class Hunter:
         self.sc.stop()
         self._stop_now()
 
-    def pause(self, reason: str = "user") -> None:
-        """Stop reading from the socket, keeping the connection and the counts."""
-        if self._protocol is not None:
-            self._protocol.pause(reason)
+    def pause(self) -> None:
+        """Stop reading from the socket, keeping the connection and the counts.
 
-    def resume(self, reason: str = "user") -> None:
+        The pause holds across reconnects until :meth:`resume`, and a paused
+        stream is never judged stalled.
+        """
+        self._user_paused = True
         if self._protocol is not None:
-            self._protocol.resume(reason)
+            self._protocol.pause(PAUSE_USER)
+
+    def resume(self) -> None:
+        self._user_paused = False
+        if self._protocol is not None:
+            self._protocol.resume(PAUSE_USER)
+
+    def set_limit(self, limit: int) -> None:
+        """Change the limit of the run that is on; at or below the count, stop."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        self.sc.limit = limit
+        if self._running and self.sc.limit_reached:
+            self._stop_now(Ending.LIMIT)
+
+    def status(self) -> dict[str, Any]:
+        """Counters for people and programs; never a credential."""
+        stats = self.stats
+        return {
+            "state": self.state,
+            "url": public_url(self.url),
+            "count": self.sc.count,
+            "total": self.sc.total,
+            "limit": self.sc.limit,
+            "bytes": stats.bytes,
+            "records": stats.records,
+            "keepalives": self.framer.keepalives,
+            "skipped": self.framer.skipped,
+            "truncated": stats.truncated,
+            "pauses": stats.pauses,
+            "reconnects": stats.reconnects,
+            "reconnects_by_cause": dict(stats.reconnects_by_cause),
+            "stalls": stats.stalls,
+            "backoff": self._current_delay,
+            "connected_since": stats.connected_since,
+            "last_record_at": stats.last_record_at,
+            "last_error": stats.last_error,
+        }
 
     async def _run(self, limit: int) -> _Response | None:
         self.sc.limit = limit
@@ -232,17 +371,79 @@ class Hunter:
         self.sc.add_stop_listener(self._stop_now)
         self._records_before_run = self.stats.records
         try:
-            return await self._stream_once()
+            return await self._stream_until_done()
         finally:
             self.sc.remove_stop_listener(self._stop_now)
             if self.sc.started:
                 self.sc.stop()
             self._running = False
+            self._state = "stopped"
+            self.stats.connected_since = None
 
-    async def _stream_once(self) -> _Response | None:
+    async def _stream_until_done(self) -> _Response | None:
+        last_response: _Response | None = None
+        while True:
+            error: BaseException | None = None
+            retry_after: str | None = None
+            status: int | None = None
+            try:
+                response, outcome = await self._connect_once()
+            except HTTPStatusError as failed:
+                if self._over():
+                    return last_response
+                if not self.reconnect:
+                    raise
+                error, retry_after = failed, failed.retry_after
+                status = failed.code
+                kind = classify(status=status)
+            except Exception as failed:
+                if self._over():
+                    return last_response  # the off switch cancelled the request
+                if not self.reconnect:
+                    raise
+                error = failed
+                kind = classify(error=failed)
+            else:
+                if response is None or self._over():
+                    return response or last_response
+                last_response = response
+                ending = outcome.ending
+                if ending is Ending.LIMIT or ending is Ending.STOPPED:
+                    return response
+                if ending is Ending.ENDED:
+                    if not self.reconnect:
+                        return response
+                    kind = FailureKind.ENDED
+                else:
+                    failure = StreamFailed(
+                        self.safe_url, self.delivered, outcome.reason
+                    )
+                    if ending is Ending.STALLED:
+                        self.stats.stalls += 1
+                    if not self.reconnect:
+                        raise failure
+                    error = failure
+                    kind = FailureKind.NETWORK
+            decision = self.backoff.next_delay(
+                kind,
+                retry_after=retry_after,
+                sse_retry_ms=getattr(self.framer, "retry_ms", None),
+                status=status,
+                cause=None if error is None or status else _one_line(error),
+            )
+            self.stats.last_error = decision.reason
+            if not decision.retry:
+                raise GaveUp(decision.reason, error)
+            await self._wait_to_reconnect(kind, decision.delay)
+            if self._over():
+                return last_response
+
+    async def _connect_once(self) -> tuple[_Response | None, StreamOutcome]:
+        """One request and, for a 2xx answer, its whole body."""
+        self._state = "connecting"
         request = self._client.request(
             self.method,
-            self.url,
+            self._request_url,
             headers=cast(Any, self.headers),
             data=self.data,
             auth=self.auth,
@@ -256,37 +457,75 @@ class Hunter:
         except Exception:
             # Cancelling shows up wrapped (ResponseNeverReceived([CancelledError])):
             # what matters is whether the off switch did it or something else.
-            if self.sc.started:
+            if not self._over():
                 raise
-            return None
+            return None, StreamOutcome(Ending.STOPPED)
         finally:
             self._request = None
         if not 200 <= response.code < 300:
             excerpt = _Excerpt(ERROR_EXCERPT_BYTES)
             response.deliverBody(excerpt)
             body = await excerpt.done
-            phrase = response.phrase.decode("latin-1", "replace")
+            retry_after = response.headers.getRawHeaders("retry-after")
             raise HTTPStatusError(
-                self.method, self.safe_url, response.code, phrase, body
+                self.method,
+                self.safe_url,
+                response.code,
+                response.phrase.decode("latin-1", "replace"),
+                body,
+                retry_after[0] if retry_after else None,
             )
         protocol = StreamProtocol(
-            self.framer, self.sc, self.sink, self.stats, self._reactor
+            self.framer,
+            self.sc,
+            self.sink,
+            self.stats,
+            self._reactor,
+            stall_timeout=self.stall_timeout,
         )
         self._protocol = protocol
-        if not self.sc.started:
+        self._state = "streaming"
+        self.stats.connected_since = self._reactor.seconds()
+        if self._over():
             protocol.stop()  # switched off while the headers were on their way
         response.deliverBody(protocol)
+        if self._user_paused:
+            protocol.pause(PAUSE_USER)
         try:
             outcome: StreamOutcome = await protocol.done
         finally:
             self._protocol = None
-        if outcome.ending is Ending.FAILED:
-            delivered = self.stats.records - self._records_before_run
-            raise StreamFailed(self.safe_url, delivered, outcome.reason)
-        return response
+            self.stats.connected_since = None
+        if protocol.records:
+            self.backoff.record_arrived()
+        return response, outcome
 
-    def _stop_now(self) -> None:
+    async def _wait_to_reconnect(self, kind: FailureKind, delay: float) -> None:
+        self.stats.reconnects += 1
+        cause = kind.value
+        self.stats.reconnects_by_cause[cause] = (
+            self.stats.reconnects_by_cause.get(cause, 0) + 1
+        )
+        self._state = "reconnecting"
+        self._current_delay = delay
+        waiting: Deferred[None] = deferLater(self._reactor, delay, lambda: None)
+        self._waiting = waiting
+        try:
+            await waiting
+        except CancelledError:
+            pass  # the off switch
+        finally:
+            self._waiting = None
+            self._current_delay = 0.0
+
+    def _over(self) -> bool:
+        """The run must end: switched off, or the limit is reached."""
+        return not self.sc.started or self.sc.limit_reached
+
+    def _stop_now(self, ending: Ending = Ending.STOPPED) -> None:
         if self._protocol is not None:
-            self._protocol.stop()
+            self._protocol.stop(ending)
         elif self._request is not None:
             self._request.cancel()
+        elif self._waiting is not None:
+            self._waiting.cancel()

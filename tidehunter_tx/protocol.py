@@ -11,10 +11,10 @@ connection is gone; it never fails, so callers decide what an error means.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -33,7 +33,8 @@ class Ending(enum.Enum):
     LIMIT = "limit"  # the record limit was reached
     STOPPED = "stopped"  # the counter was switched off (tide_off, a consumer)
     ENDED = "ended"  # the server ended the body cleanly
-    FAILED = "failed"  # the connection broke (reset, bad chunking, ...)
+    FAILED = "failed"  # the connection broke (reset, bad chunking, bad framing)
+    STALLED = "stalled"  # no byte for the stall timeout (keep-alives count)
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,19 @@ class StreamStats:
     records: int = 0
     pauses: int = 0
     truncated: int = 0  # partial records dropped because the body ended mid-record
+    stalls: int = 0
+    reconnects: int = 0
+    reconnects_by_cause: dict[str, int] = field(default_factory=dict)
+    connected_since: float | None = None
     last_record_at: float | None = None
+    last_error: str | None = None
 
 
 _CLEAN_END = Failure(ResponseDone())
 
-#: Why the transport is paused: the sink is full.
+#: Why the transport is paused: the sink is full, or somebody asked.
 PAUSE_SINK = "sink"
+PAUSE_USER = "user"
 
 
 class StreamProtocol(Protocol):
@@ -75,8 +82,16 @@ class StreamProtocol(Protocol):
         sink: Sink,
         stats: StreamStats,
         clock: IReactorTime,
+        stall_timeout: float | None = None,
     ) -> None:
         self.done: Deferred[StreamOutcome] = Deferred()
+        #: Records admitted on this connection (a reconnect policy resets its
+        #: backoff only once a record has arrived).
+        self.records = 0
+        self._stall_timeout = stall_timeout
+        self._stall_call: IDelayedCall | None = None
+        self._last_byte_at = 0.0
+        self._failure: Failure | None = None
         self._framer = framer
         self._counter = counter
         self._sink = sink
@@ -93,13 +108,24 @@ class StreamProtocol(Protocol):
     def connectionMade(self) -> None:
         if self._stopping is not None:
             self.transport.stopProducing()  # type: ignore[union-attr]
+            return
+        self._arm_stall_timer()
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopping is not None:
             return  # bytes after a stop are not wanted; nothing was admitted
         stats = self._stats
         stats.bytes += len(data)
-        records = self._framer.feed(data)
+        if self._stall_call is not None:
+            self._last_byte_at = self._clock.seconds()
+        try:
+            records = self._framer.feed(data)
+        except ValueError:
+            # A framing error (say a bad length line): this connection's bytes
+            # can no longer be trusted; end it and let the caller reconnect.
+            self._failure = Failure()
+            self.stop(Ending.FAILED)
+            return
         if records:
             counter = self._counter
             wanted = len(records)
@@ -107,6 +133,7 @@ class StreamProtocol(Protocol):
             if admitted:
                 self._sink.put(records if admitted == wanted else records[:admitted])
                 stats.records += admitted
+                self.records += admitted
                 stats.last_record_at = self._clock.seconds()
             if self._stopping is not None:
                 return  # a consumer stopped us from inside put()
@@ -125,6 +152,8 @@ class StreamProtocol(Protocol):
             assert self.transport is not None
             self.transport.pauseProducing()  # type: ignore[attr-defined]
             self._stats.pauses += 1
+            # A pause of our own is never a stall.
+            self._disarm_stall_timer()
         self._pause_reasons.add(reason)
 
     def resume(self, reason: str) -> None:
@@ -134,6 +163,7 @@ class StreamProtocol(Protocol):
         if not self._pause_reasons and self._stopping is None and not self._lost:
             assert self.transport is not None
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self._arm_stall_timer()
 
     def stop(self, ending: Ending = Ending.STOPPED) -> None:
         """Close the response now, even mid-pause or on a silent stream."""
@@ -141,6 +171,7 @@ class StreamProtocol(Protocol):
             return
         self._stopping = ending
         self._sink.set_drain_callback(None)
+        self._disarm_stall_timer()
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
@@ -149,10 +180,11 @@ class StreamProtocol(Protocol):
             return
         self._lost = True
         self._sink.set_drain_callback(None)
+        self._disarm_stall_timer()
         if self._framer.close():
             self._stats.truncated += 1
         if self._stopping is not None:
-            outcome = StreamOutcome(self._stopping)
+            outcome = StreamOutcome(self._stopping, self._failure)
         elif reason.check(ResponseDone, PotentialDataLoss):
             outcome = StreamOutcome(Ending.ENDED)
         else:
@@ -161,3 +193,27 @@ class StreamProtocol(Protocol):
 
     def _sink_drained(self) -> None:
         self.resume(PAUSE_SINK)
+
+    def _arm_stall_timer(self) -> None:
+        if self._stall_timeout is None or self._stall_call is not None:
+            return
+        self._last_byte_at = self._clock.seconds()
+        self._stall_call = self._clock.callLater(self._stall_timeout, self._check_stall)
+
+    def _disarm_stall_timer(self) -> None:
+        call, self._stall_call = self._stall_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _check_stall(self) -> None:
+        # One timer per timeout rather than one reset per chunk: dataReceived
+        # only notes the time, and this re-arms for whatever is left.
+        assert self._stall_timeout is not None
+        idle = self._clock.seconds() - self._last_byte_at
+        if idle >= self._stall_timeout:
+            self._stall_call = None
+            self.stop(Ending.STALLED)
+        else:
+            self._stall_call = self._clock.callLater(
+                self._stall_timeout - idle, self._check_stall
+            )

@@ -1,101 +1,126 @@
-"""The ``twistd tidehunter`` plugin: options, spec strings and the service.
+"""The ``twistd tidehunter`` plugin: options, spec strings and the services.
 
 ``twistd -n --pidfile= tidehunter --url URL --limit N`` streams URL into the
-sink and exits 0 once the limit is reached or the stream ends.
+sink, answers AMP control commands on a 0600 Unix socket, and exits 0 once
+the limit is reached, a Stop arrives or SIGTERM comes; non-zero, with the
+reason logged, when the stream fails for good.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any, ClassVar
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from .control import ControlError, ControlFactory, read_secret_file
 from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS
-from .hunter import Hunter
+from .hunter import GaveUp, Hunter, public_url
 from .sinks import FileSink
 
-__all__ = ["HunterService", "Options", "makeService", "parse_sink"]
+__all__ = [
+    "DEFAULT_CONTROL",
+    "HunterService",
+    "Options",
+    "makeService",
+    "parse_sink",
+]
 
 log = Logger()
 
+DEFAULT_CONTROL = "unix:tidehunter.sock:mode=600:lockfile=1"
 
-def _non_negative_int(name: str) -> Any:
-    def coerce(value: str) -> int:
+
+def _number(name: str, kind: type, minimum: float, strict: bool = False) -> Any:
+    """An option coercer that names the option in its error."""
+
+    def coerce(value: str) -> Any:
         try:
-            number = int(value)
+            number = kind(value)
         except ValueError:
-            raise ValueError(f"--{name} must be an integer, not {value!r}") from None
-        if number < 0:
-            raise ValueError(f"--{name} must be >= 0, not {number}")
+            raise ValueError(
+                f"--{name} must be a {kind.__name__}, not {value!r}"
+            ) from None
+        if number < minimum or (strict and number == minimum):
+            bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise ValueError(f"--{name} must be {bound}, not {value}")
         return number
 
-    coerce.coerceDoc = "An integer >= 0."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _positive_int(name: str) -> Any:
-    base = _non_negative_int(name)
-
-    def coerce(value: str) -> int:
-        number: int = base(value)
-        if number == 0:
-            raise ValueError(f"--{name} must be >= 1, not 0")
-        return number
-
-    coerce.coerceDoc = "An integer >= 1."  # type: ignore[attr-defined]
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
 
 
 def parse_sink(spec: str) -> FileSink:
     """Build the sink a ``--sink`` spec names (``stdout`` or ``file:PATH``)."""
+    _check_sink_spec(spec)
     if spec == "stdout":
         return FileSink.stdout()
-    if spec.startswith("file:"):
-        path = spec[len("file:") :]
-        if not path:
-            raise usage.UsageError("--sink file:PATH needs a path")
-        return FileSink.open(path)
+    return FileSink.open(spec[len("file:") :])
+
+
+def _check_sink_spec(spec: str) -> None:
+    if spec == "stdout" or (spec.startswith("file:") and len(spec) > len("file:")):
+        return
+    if spec.startswith(("redis://", "redis+stream://")):
+        raise usage.UsageError(
+            f"--sink {spec.split(':')[0]}: Redis sinks are not in this version yet"
+        )
     raise usage.UsageError(
         f"--sink: unknown sink {spec!r}; expected 'stdout' or 'file:PATH'"
     )
 
 
-def _check_sink_spec(spec: str) -> None:
-    if spec != "stdout" and not (spec.startswith("file:") and len(spec) > 5):
-        raise usage.UsageError(
-            f"--sink: unknown sink {spec!r}; expected 'stdout' or 'file:PATH'"
-        )
-
-
 class Options(usage.Options):
-    """Options of ``twistd tidehunter`` (see DESIGN.md for the full table)."""
+    """Options of ``twistd tidehunter`` (the table in DESIGN.md)."""
 
     synopsis = "--url URL [options]"
     longdesc = (
-        "Stream an HTTP feed (JSON lines) into a sink with an exact record limit. "
-        "Records go to stdout by default; twistd's own log then goes to stderr."
+        "Stream an HTTP feed into a sink with an exact record limit, steerable "
+        "over AMP with tidehunter-ctl. With --sink stdout (the default) stdout "
+        "carries the records only; twistd's log goes to stderr."
     )
 
+    optFlags: ClassVar[list[list[Any]]] = [
+        ["no-reconnect", None, "End the run when the connection ends."],
+    ]
     optParameters: ClassVar[list[list[Any]]] = [
         ["url", None, None, "The stream to read (required)."],
         ["method", None, "GET", "HTTP method."],
         ["data", None, None, "Request body."],
-        ["limit", None, 0, "Exact record limit; 0 = none.", _non_negative_int("limit")],
+        ["limit", None, 0, "Exact record limit; 0 = none.", _number("limit", int, 0)],
         ["framing", None, "lines", f"How records are cut: {'|'.join(FRAMINGS)}."],
         [
             "max-record-bytes",
             None,
             DEFAULT_MAX_RECORD_BYTES,
             "Larger records are skipped and counted.",
-            _positive_int("max-record-bytes"),
+            _number("max-record-bytes", int, 1),
         ],
         ["sink", None, "stdout", "Where records go: stdout or file:PATH."],
+        ["counter", None, "memory", "The state counter: memory."],
+        ["control", None, DEFAULT_CONTROL, "AMP control endpoint."],
+        [
+            "control-secret-file",
+            None,
+            None,
+            "File holding the AMP shared secret (required for TCP control).",
+        ],
+        [
+            "stall-timeout",
+            None,
+            90.0,
+            "Seconds without a byte before the connection is judged dead.",
+            _number("stall-timeout", float, 0, strict=True),
+        ],
+        ["ca-file", None, None, "Trust this CA (PEM) for the feed's certificate."],
     ]
 
     def __init__(self) -> None:
@@ -115,8 +140,9 @@ class Options(usage.Options):
         if not self["url"]:
             raise usage.UsageError("--url is required")
         if not self["url"].startswith(("http://", "https://")):
+            shown = public_url(self["url"])
             raise usage.UsageError(
-                f"--url must be an http:// or https:// URL, not {self['url']!r}"
+                f"--url must be an http:// or https:// URL, not {shown!r}"
             )
         if self["framing"] not in FRAMINGS:
             raise usage.UsageError(
@@ -124,10 +150,31 @@ class Options(usage.Options):
                 f"not {self['framing']!r}"
             )
         _check_sink_spec(self["sink"])
+        if self["counter"] != "memory":
+            raise usage.UsageError(
+                f"--counter: unknown counter {self['counter']!r}; expected 'memory'"
+            )
+        self["secret"] = None
+        if self["control-secret-file"]:
+            try:
+                self["secret"] = read_secret_file(self["control-secret-file"])
+            except ControlError as error:
+                raise usage.UsageError(f"--control-secret-file: {error}") from None
+        control = self["control"]
+        if not control.startswith("unix:") and self["secret"] is None:
+            raise usage.UsageError(
+                f"--control {control}: a control endpoint other than a Unix socket "
+                "needs --control-secret-file"
+            )
+        if self["ca-file"] and not os.path.isfile(self["ca-file"]):
+            raise usage.UsageError(f"--ca-file: no such file {self['ca-file']!r}")
 
 
 class HunterService(Service):
-    """Runs one hunter; stops the reactor when its run is over."""
+    """Runs one hunter; ends the process when its run is over.
+
+    Also the :class:`~tidehunter_tx.control.Controller` the AMP server steers.
+    """
 
     def __init__(self, hunter: Hunter, sink: FileSink, limit: int) -> None:
         self.hunter = hunter
@@ -135,64 +182,152 @@ class HunterService(Service):
         self.limit = limit
         self.run: Deferred[Any] | None = None
         self.exit_code = 0
+        self._finished: Deferred[None] = Deferred()
+
+    # -- the service's life
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        from twisted.internet import reactor
+
+        reactor.callWhenRunning(_exit_0_on_sigterm)
+        log.info(
+            "tidehunter: streaming {url} (limit {limit})",
+            url=public_url(self.hunter.url),
+            limit=self.limit or "none",
+        )
         self.run = self.hunter.tide_on(self.limit)
         self.run.addCallbacks(self._ended, self._failed)
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
+        """SIGTERM or reactor.stop(): stop, flush, then let the process go."""
         super().stopService()  # type: ignore[no-untyped-call]
         if self.hunter.running:
             self.hunter.tide_off()
-        self.sink.close()
-        return None
+        return self._finished
 
     def _ended(self, _: object) -> None:
-        self._report()
-        self._shutdown()
+        self._finish()
 
     def _failed(self, failure: Failure) -> None:
-        log.error("tidehunter: {error}", error=failure.getErrorMessage())
+        reason = failure.value
+        message = (
+            str(reason) if isinstance(reason, GaveUp) else failure.getErrorMessage()
+        )
+        log.error("tidehunter: stream failed: {reason}", reason=message)
         self.exit_code = 1
+        self._finish()
+
+    def _finish(self) -> None:
+        self.sink.close()
         self._report()
-        self._shutdown()
+        if not self._finished.called:
+            self._finished.callback(None)
+        if self.running:
+            _stop_process(self.exit_code)
 
     def _report(self) -> None:
-        stats, counter, framer = self.hunter.stats, self.hunter.sc, self.hunter.framer
+        status = self.hunter.status()
         log.info(
-            "tidehunter: {records} records delivered (total {total}, limit {limit}); "
-            "{bytes} bytes, {keepalives} keep-alives, {skipped} skipped",
-            records=stats.records,
-            total=counter.total,
-            limit=self.limit or "none",
-            bytes=stats.bytes,
-            keepalives=framer.keepalives,
-            skipped=framer.skipped,
+            "tidehunter: {delivered} records delivered (limit {limit}); "
+            "{bytes} bytes, {keepalives} keep-alives, {skipped} skipped, "
+            "{reconnects} reconnects",
+            delivered=self.hunter.delivered,
+            limit=self.hunter.sc.limit or "none",
+            **{
+                key: status[key]
+                for key in ("bytes", "keepalives", "skipped", "reconnects")
+            },
         )
 
-    def _shutdown(self) -> None:
-        from twisted.internet import reactor
+    # -- the Controller interface
 
-        self.sink.close()
-        if self.exit_code:
-            code = self.exit_code
+    def status(self) -> dict[str, Any]:
+        return self.hunter.status()
 
-            def exit_with_code() -> None:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+    def stop(self) -> Deferred[int]:
+        if self.hunter.running:
+            self.hunter.tide_off()
+        finished: Deferred[int] = Deferred()
+        self._finished.addBoth(lambda _: finished.callback(self.hunter.delivered))
+        return finished
 
-            reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
-        if reactor.running:
-            reactor.stop()
+    def pause(self) -> None:
+        self.hunter.pause()
+
+    def resume(self) -> None:
+        self.hunter.resume()
+
+    def set_limit(self, limit: int) -> None:
+        self.hunter.set_limit(limit)
+
+
+class ControlService(StreamServerEndpointService):
+    """The AMP server; on stop, replies already written still go out."""
+
+    def __init__(self, endpoint: Any, factory: ControlFactory) -> None:
+        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]
+        self.control_factory = factory
+
+    def stopService(self) -> Deferred[Any]:
+        stopped = super().stopService()  # type: ignore[no-untyped-call]
+        return DeferredList(
+            [stopped or succeed(None), self.control_factory.close_all()]
+        )
+
+
+def _exit_0_on_sigterm() -> None:
+    """SIGTERM is the ordinary way to stop a daemon: stop cleanly, exit 0.
+
+    twistd's own handler re-raises the signal after shutdown, so the process
+    would die "killed by SIGTERM" even after a clean flush.
+    """
+    from twisted.internet import reactor
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _stop_process(exit_code: int) -> None:
+    """Stop the reactor; twistd exits 0 unless we say otherwise."""
+    from twisted.internet import reactor
+
+    if exit_code:
+
+        def exit_with_code() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
+
+        reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
+    if reactor.running:
+        reactor.stop()
+
+
+def _agent_for(options: Options) -> Any:
+    """An Agent trusting ``--ca-file`` when given (verification stays on)."""
+    if not options["ca-file"]:
+        return None
+    from twisted.internet import reactor, ssl
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+    with open(options["ca-file"], "rb") as file:
+        authority = ssl.Certificate.loadPEM(file.read())
+    policy = BrowserLikePolicyForHTTPS(trustRoot=authority)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return Agent(reactor, contextFactory=policy, pool=pool)
 
 
 def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
     sink = parse_sink(options["sink"])
     headers: dict[str | bytes, list[str | bytes]] = {}
     for name, value in options["headers"]:
         headers.setdefault(name, []).append(value)
+    reconnect = not options["no-reconnect"]
     hunter = Hunter(
         options["url"],
         method=options["method"],
@@ -201,7 +336,14 @@ def makeService(options: Options) -> IService:
         framing=options["framing"],
         max_record_bytes=options["max-record-bytes"],
         sink=sink,
+        reconnect=reconnect,
+        stall_timeout=options["stall-timeout"],
+        agent=_agent_for(options),
     )
     top = MultiService()
-    HunterService(hunter, sink, options["limit"]).setServiceParent(top)  # type: ignore[no-untyped-call]
+    hunting = HunterService(hunter, sink, options["limit"])
+    hunting.setServiceParent(top)  # type: ignore[no-untyped-call]
+    endpoint = serverFromString(reactor, options["control"])
+    factory = ControlFactory(hunting, options["secret"])
+    ControlService(endpoint, factory).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -1,0 +1,435 @@
+"""Steering a running hunter from another process, over AMP.
+
+The server side wraps anything that looks like a :class:`Controller` (the
+daemon's service, or :class:`HunterController` around a plain ``Hunter``);
+the client side, :class:`ControlClient`, is what ``tidehunter-ctl`` uses and
+what other Twisted programs can use too.  With a shared secret every command
+before a good ``Authenticate`` is refused, and a wrong secret ends the
+connection.  Status replies never carry a credential.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import ServerFactory
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from .hunter import Hunter
+
+__all__ = [
+    "Authenticate",
+    "BadSecret",
+    "ControlClient",
+    "ControlError",
+    "ControlFactory",
+    "ControlProtocol",
+    "Controller",
+    "HunterController",
+    "NotAuthenticated",
+    "Pause",
+    "Resume",
+    "SetLimit",
+    "Status",
+    "Stop",
+    "client_endpoint",
+    "read_secret_file",
+]
+
+
+class NotAuthenticated(Exception):
+    """A command came before a good ``Authenticate``."""
+
+
+class BadSecret(Exception):
+    """``Authenticate`` with the wrong secret; the connection is closed."""
+
+
+class BadLimit(Exception):
+    """``SetLimit`` with a negative limit."""
+
+
+class ControlError(Exception):
+    """What a control client reports to its user, in one line."""
+
+
+_LOST = Failure(ConnectionDone())
+
+_AUTH_ERRORS: dict[type[Exception], bytes] = {NotAuthenticated: b"NOT_AUTHENTICATED"}
+
+
+class Status(amp.Command):
+    """The hunter's state and counters; never a credential."""
+
+    arguments = []
+    response = [
+        (b"state", amp.Unicode()),
+        (b"url", amp.Unicode()),
+        (b"count", amp.Integer()),
+        (b"total", amp.Integer()),
+        (b"limit", amp.Integer()),
+        (b"bytes", amp.Integer()),
+        (b"records", amp.Integer()),
+        (b"keepalives", amp.Integer()),
+        (b"skipped", amp.Integer()),
+        (b"truncated", amp.Integer()),
+        (b"pauses", amp.Integer()),
+        (b"reconnects", amp.Integer()),
+        (b"reconnects_by_cause", amp.Unicode()),  # a JSON object
+        (b"stalls", amp.Integer()),
+        (b"backoff", amp.Float()),
+        (b"connected_since", amp.Float(optional=True)),
+        (b"last_record_at", amp.Float(optional=True)),
+        (b"last_error", amp.Unicode(optional=True)),
+    ]
+    errors = _AUTH_ERRORS
+
+
+class Stop(amp.Command):
+    """Stop now, flush the sink; answers with the records delivered."""
+
+    arguments = []
+    response = [(b"count", amp.Integer())]
+    errors = _AUTH_ERRORS
+
+
+class Pause(amp.Command):
+    """Stop reading from the socket; the connection and counts are kept."""
+
+    arguments = []
+    response = [(b"state", amp.Unicode())]
+    errors = _AUTH_ERRORS
+
+
+class Resume(amp.Command):
+    arguments = []
+    response = [(b"state", amp.Unicode())]
+    errors = _AUTH_ERRORS
+
+
+class SetLimit(amp.Command):
+    """Change the limit; at or below the current count the run stops at once."""
+
+    arguments = [(b"limit", amp.Integer())]
+    response = [(b"limit", amp.Integer()), (b"count", amp.Integer())]
+    errors = {**_AUTH_ERRORS, BadLimit: b"BAD_LIMIT"}
+
+
+class Authenticate(amp.Command):
+    arguments = [(b"secret", amp.Unicode())]
+    response = []
+    errors = {BadSecret: b"BAD_SECRET"}
+
+
+class Controller(Protocol):
+    """What the control server steers."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def stop(self) -> Deferred[int]: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def set_limit(self, limit: int) -> None: ...
+
+
+class HunterController:
+    """Steers a :class:`Hunter` whose run was started by someone else.
+
+    ``run`` is the Deferred ``tide_on`` returned; ``stop`` waits for it.
+    """
+
+    def __init__(self, hunter: Hunter, run: Deferred[Any] | None = None) -> None:
+        self.hunter = hunter
+        self.run = run
+
+    def status(self) -> dict[str, Any]:
+        return self.hunter.status()
+
+    def stop(self) -> Deferred[int]:
+        self.hunter.tide_off()
+        if self.run is None or self.run.called:
+            return succeed(self.hunter.delivered)
+        finished: Deferred[int] = Deferred()
+        self.run.addBoth(
+            _pass_through(lambda: finished.callback(self.hunter.delivered))
+        )
+        return finished
+
+    def pause(self) -> None:
+        self.hunter.pause()
+
+    def resume(self) -> None:
+        self.hunter.resume()
+
+    def set_limit(self, limit: int) -> None:
+        self.hunter.set_limit(limit)
+
+
+def _pass_through(action: Callable[[], None]) -> Callable[[Any], Any]:
+    def run(result: Any) -> Any:
+        action()
+        return result
+
+    return run
+
+
+class ControlProtocol(amp.AMP):
+    """One control connection."""
+
+    def __init__(self, controller: Controller, secret: bytes | None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._controller = controller
+        self._secret = secret
+        self._authenticated = secret is None
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = _LOST) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def _require_auth(self) -> None:
+        if not self._authenticated:
+            raise NotAuthenticated("authenticate first: this daemon has a secret")
+
+    @Authenticate.responder
+    def authenticate(self, secret: str) -> dict[str, Any]:
+        if self._secret is None:
+            return {}
+        if hmac.compare_digest(secret.encode("utf-8"), self._secret):
+            self._authenticated = True
+            return {}
+        # Let the error answer go out first, then hang up.
+        from twisted.internet import reactor
+
+        reactor.callLater(0, self._hang_up)
+        raise BadSecret("wrong secret")
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    @Status.responder
+    def status(self) -> dict[str, Any]:
+        self._require_auth()
+        status = dict(self._controller.status())
+        status["reconnects_by_cause"] = json.dumps(
+            status.get("reconnects_by_cause", {})
+        )
+        return {name.decode(): status[name.decode()] for name, _ in Status.response}
+
+    @Stop.responder
+    def stop(self) -> Deferred[dict[str, int]]:
+        self._require_auth()
+        return self._controller.stop().addCallback(lambda count: {"count": count})
+
+    @Pause.responder
+    def pause(self) -> dict[str, str]:
+        self._require_auth()
+        self._controller.pause()
+        return {"state": self._controller.status()["state"]}
+
+    @Resume.responder
+    def resume(self) -> dict[str, str]:
+        self._require_auth()
+        self._controller.resume()
+        return {"state": self._controller.status()["state"]}
+
+    @SetLimit.responder
+    def set_limit(self, limit: int) -> dict[str, int]:
+        self._require_auth()
+        if limit < 0:
+            raise BadLimit(f"limit must be >= 0, not {limit}")
+        self._controller.set_limit(limit)
+        status = self._controller.status()
+        return {"limit": status["limit"], "count": status["count"]}
+
+
+class ControlFactory(ServerFactory):
+    """Makes control connections and can close them all, replies flushed."""
+
+    noisy = False
+
+    def __init__(self, controller: Controller, secret: bytes | None = None) -> None:
+        self.controller = controller
+        self.secret = secret
+        self.connections: set[ControlProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> ControlProtocol:
+        protocol = ControlProtocol(self.controller, self.secret)
+        protocol.factory = self
+        self.connections.add(protocol)
+        protocol.closed.addCallback(lambda _: self.connections.discard(protocol))
+        return protocol
+
+    def close_all(self) -> Deferred[Any]:
+        """Hang up on every client once what was written to it has gone out."""
+        waits = []
+        for protocol in list(self.connections):
+            waits.append(protocol.closed)
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+        return DeferredList(waits)
+
+
+def read_secret_file(path: str) -> bytes:
+    """The shared secret: the file's content without surrounding whitespace."""
+    try:
+        with open(path, "rb") as file:
+            secret = file.read().strip()
+    except OSError as error:
+        raise ControlError(
+            f"cannot read secret file {path}: {error.strerror}"
+        ) from None
+    if not secret:
+        raise ControlError(f"secret file {path} is empty")
+    return secret
+
+
+def _split_endpoint(description: str) -> list[str]:
+    """Split an endpoint string on unescaped colons, keeping the escapes."""
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def client_endpoint(description: str) -> str:
+    """Translate a server endpoint string into the client form.
+
+    Users paste the string they gave the daemon (``unix:th.sock:mode=600``,
+    ``tcp:8750:interface=127.0.0.1``); a client form is passed through.
+    """
+    kind, *rest = _split_endpoint(description)
+    named = dict(part.split("=", 1) for part in rest if "=" in part)
+    positional = [part for part in rest if "=" not in part]
+    if kind == "unix":
+        if "path" in named:
+            return f"unix:path={named['path']}"
+        if not positional:
+            raise ControlError(f"no socket path in {description!r}")
+        return f"unix:path={positional[0]}"
+    if kind in ("tcp", "tcp6"):
+        if "host" in named:
+            return description
+        port = named.get("port") or (positional[0] if positional else None)
+        if port is None:
+            raise ControlError(f"no port in {description!r}")
+        default = "\\:\\:1" if kind == "tcp6" else "127.0.0.1"
+        host = named.get("interface", default)
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host in ("\\:\\:", "::"):
+            host = "\\:\\:1"
+        return f"{kind}:host={host}:port={port}"
+    raise ControlError(
+        f"unsupported control endpoint {description!r}: use unix: or tcp:"
+    )
+
+
+class ControlClient:
+    """Steers a hunter over AMP: ``await ControlClient.connect(endpoint)``."""
+
+    def __init__(self, protocol: amp.AMP) -> None:
+        self._protocol = protocol
+        self.disconnected: Deferred[None] = Deferred()
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoint: str,
+        secret: bytes | str | None = None,
+        reactor: Any = None,
+    ) -> ControlClient:
+        """Connect (server-form endpoint strings accepted) and authenticate."""
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        target = clientFromString(reactor, client_endpoint(endpoint))
+        protocol = _ClientAMP()  # type: ignore[no-untyped-call]
+        try:
+            await connectProtocol(target, protocol)
+        except Exception as error:
+            raise ControlError(f"no daemon at {endpoint}: {_reason(error)}") from None
+        client = cls(protocol)
+        protocol.lost = client.disconnected
+        if secret is not None:
+            text = secret.decode("utf-8") if isinstance(secret, bytes) else secret
+            await client._call(Authenticate, secret=text)
+        return client
+
+    async def status(self) -> dict[str, Any]:
+        reply = await self._call(Status)
+        reply["reconnects_by_cause"] = json.loads(reply["reconnects_by_cause"])
+        return reply
+
+    async def stop(self) -> int:
+        reply = await self._call(Stop)
+        return int(reply["count"])
+
+    async def pause(self) -> str:
+        return str((await self._call(Pause))["state"])
+
+    async def resume(self) -> str:
+        return str((await self._call(Resume))["state"])
+
+    async def set_limit(self, limit: int) -> dict[str, int]:
+        return dict(await self._call(SetLimit, limit=limit))
+
+    def close(self) -> None:
+        if self._protocol.transport is not None:
+            self._protocol.transport.loseConnection()
+
+    async def _call(
+        self, command: type[amp.Command], **arguments: Any
+    ) -> dict[str, Any]:
+        try:
+            return dict(await self._protocol.callRemote(command, **arguments))
+        except NotAuthenticated:
+            raise ControlError(
+                "the daemon wants a secret: pass --secret-file"
+            ) from None
+        except BadSecret:
+            raise ControlError("wrong secret") from None
+        except BadLimit as error:
+            raise ControlError(str(error)) from None
+        except amp.UnknownRemoteError as error:
+            raise ControlError(f"the daemon failed: {error}") from None
+        except Exception as error:
+            raise ControlError(f"lost the daemon: {_reason(error)}") from None
+
+
+class _ClientAMP(amp.AMP):
+    lost: Deferred[None] | None = None
+
+    def connectionLost(self, reason: Failure = _LOST) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        if self.lost is not None and not self.lost.called:
+            self.lost.callback(None)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return text or type(error).__name__
