@@ -135,3 +135,47 @@ def test_consumer_stopping_inside_put_is_respected():
     # Records admitted with the first are delivered, none after the stop.
     assert seen == [b"a"]
     assert list(q.pending) == [b"b", b"c"]
+
+
+def test_silence_past_the_stall_timeout_ends_as_stalled():
+    clock = Clock()
+    q: RecordQueue[bytes] = RecordQueue()
+    counter = StateCounter()
+    counter.start()
+    protocol = StreamProtocol(
+        LineFramer(), counter, QueueSink(q), StreamStats(), clock, stall_timeout=1.0
+    )
+    transport = StubTransport()
+    protocol.makeConnection(transport)  # type: ignore[arg-type]
+    for _ in range(5):
+        clock.advance(0.9)
+        protocol.dataReceived(b"\n")  # keep-alives count as life
+    assert not transport.stopped
+    clock.advance(1.0)
+    assert transport.stopped
+    protocol.connectionLost(Failure(ResponseDone()))
+    assert protocol.done.result.ending is Ending.STALLED
+
+
+def test_a_pause_of_our_own_is_never_a_stall():
+    clock = Clock()
+    counter = StateCounter()
+    counter.start()
+    protocol = StreamProtocol(
+        LineFramer(),
+        counter,
+        QueueSink(RecordQueue()),
+        StreamStats(),
+        clock,
+        stall_timeout=1.0,
+    )
+    transport = StubTransport()
+    protocol.makeConnection(transport)  # type: ignore[arg-type]
+    protocol.pause("user")
+    clock.advance(30)
+    assert not transport.stopped
+    protocol.resume("user")
+    clock.advance(0.9)
+    assert not transport.stopped  # the clock restarts at resume
+    clock.advance(0.2)
+    assert transport.stopped
