@@ -258,6 +258,14 @@ class Hunter:
             if sink is not None
             else QueueSink(self.q, high_watermark, low_watermark, reactor)
         )
+        if getattr(self.sc, "make_gate", None) and not getattr(
+            self.sink, "admits", False
+        ):
+            # A shared counter admits in Redis: deliver through its gate.
+            self.sink = self.sc.make_gate(local=self.sink)  # type: ignore[attr-defined]
+        if getattr(self.sink, "admits", False):
+            self.sink.set_verdict_callback(self._verdict)  # type: ignore[attr-defined]
+            self.sink.set_admitted_callback(self._admitted)  # type: ignore[attr-defined]
         self.stats = StreamStats()
         self.timeout = timeout
         self.reconnect = reconnect
@@ -272,6 +280,7 @@ class Hunter:
         self._protocol: StreamProtocol | None = None
         self._waiting: Deferred[None] | None = None
         self._running = False
+        self._halted = False
         self._user_paused = False
         self._records_before_run = 0
         self._state = "idle"
@@ -316,6 +325,15 @@ class Hunter:
     def tide_off(self) -> None:
         """End the run now: switch the counter off and close the connection."""
         self.sc.stop()
+        self._stop_now()
+
+    def halt(self) -> None:
+        """End this hunter's run now, leaving a shared counter on.
+
+        ``tide_off()`` is the off switch of every hunter sharing the counter;
+        ``halt()`` stops just this one (a daemon's SIGTERM or AMP Stop).
+        """
+        self._halted = True
         self._stop_now()
 
     def pause(self) -> None:
@@ -366,15 +384,22 @@ class Hunter:
         }
 
     async def _run(self, limit: int) -> _Response | None:
-        self.sc.limit = limit
-        self.sc.start()
-        self.sc.add_stop_listener(self._stop_now)
+        self._halted = False
         self._records_before_run = self.stats.records
+        self.sc.add_stop_listener(self._stop_now)
         try:
+            if self._shared:
+                # Join the run; a limit of 0 leaves the shared limit alone.
+                await self.sc.start(limit or None)  # type: ignore[call-arg, misc]
+            else:
+                self.sc.limit = limit
+                self.sc.start()
             return await self._stream_until_done()
         finally:
             self.sc.remove_stop_listener(self._stop_now)
-            if self.sc.started:
+            # A shared counter stays as the run left it (count == limit), for
+            # the other hunters and the consumers; only tide_off() stops it.
+            if self.sc.started and not self._shared:
                 self.sc.stop()
             self._running = False
             self._state = "stopped"
@@ -518,9 +543,25 @@ class Hunter:
             self._waiting = None
             self._current_delay = 0.0
 
+    @property
+    def _shared(self) -> bool:
+        return bool(getattr(self.sc, "shared", False))
+
     def _over(self) -> bool:
-        """The run must end: switched off, or the limit is reached."""
-        return not self.sc.started or self.sc.limit_reached
+        """The run must end: switched off, halted, or the limit is reached."""
+        return self._halted or not self.sc.started or self.sc.limit_reached
+
+    def _verdict(self, ending: Ending, reason: Failure | None) -> None:
+        """Redis said the run is over (or refused a batch)."""
+        if self._protocol is not None:
+            self._protocol.stop(ending, reason)
+        elif ending is not Ending.FAILED:
+            self._stop_now(ending)
+
+    def _admitted(self, records: int) -> None:
+        self.stats.records += records
+        self.stats.last_record_at = self._reactor.seconds()
+        self.backoff.record_arrived()
 
     def _stop_now(self, ending: Ending = Ending.STOPPED) -> None:
         if self._protocol is not None:

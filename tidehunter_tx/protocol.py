@@ -88,6 +88,7 @@ class StreamProtocol(Protocol):
         #: Records admitted on this connection (a reconnect policy resets its
         #: backoff only once a record has arrived).
         self.records = 0
+        self._sink_admits = bool(getattr(sink, "admits", False))
         self._stall_timeout = stall_timeout
         self._stall_call: IDelayedCall | None = None
         self._last_byte_at = 0.0
@@ -126,7 +127,10 @@ class StreamProtocol(Protocol):
             self._failure = Failure()
             self.stop(Ending.FAILED)
             return
-        if records:
+        if records and self._sink_admits:
+            # Redis decides what is admitted; its answer comes back later.
+            self._sink.put(records)
+        elif records:
             counter = self._counter
             wanted = len(records)
             admitted = counter.admit(wanted)
@@ -165,11 +169,14 @@ class StreamProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[attr-defined]
             self._arm_stall_timer()
 
-    def stop(self, ending: Ending = Ending.STOPPED) -> None:
+    def stop(
+        self, ending: Ending = Ending.STOPPED, reason: Failure | None = None
+    ) -> None:
         """Close the response now, even mid-pause or on a silent stream."""
         if self._stopping is not None or self._lost:
             return
         self._stopping = ending
+        self._failure = self._failure or reason
         self._sink.set_drain_callback(None)
         self._disarm_stall_timer()
         if self.transport is not None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import uuid
 from typing import Any, ClassVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -24,6 +25,14 @@ from twisted.python.failure import Failure
 from .control import ControlError, ControlFactory, read_secret_file
 from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS
 from .hunter import GaveUp, Hunter, public_url
+from .redis_store import (
+    RedisGate,
+    RedisSpec,
+    RedisStateCounter,
+    close_connection,
+    connect,
+    parse_redis_spec,
+)
 from .sinks import FileSink
 
 __all__ = [
@@ -59,23 +68,48 @@ def _number(name: str, kind: type, minimum: float, strict: bool = False) -> Any:
 
 
 def parse_sink(spec: str) -> FileSink:
-    """Build the sink a ``--sink`` spec names (``stdout`` or ``file:PATH``)."""
-    _check_sink_spec(spec)
+    """Build the local sink a ``--sink`` spec names (``stdout`` or ``file:PATH``)."""
     if spec == "stdout":
         return FileSink.stdout()
     return FileSink.open(spec[len("file:") :])
 
 
-def _check_sink_spec(spec: str) -> None:
+def _check_sink_spec(spec: str) -> RedisSpec | None:
+    """Validate ``--sink``; return the Redis target when it names one."""
     if spec == "stdout" or (spec.startswith("file:") and len(spec) > len("file:")):
-        return
+        return None
     if spec.startswith(("redis://", "redis+stream://")):
-        raise usage.UsageError(
-            f"--sink {spec.split(':')[0]}: Redis sinks are not in this version yet"
-        )
+        try:
+            return parse_redis_spec(spec)
+        except ValueError as error:
+            raise usage.UsageError(f"--sink {_hide_password(spec)}: {error}") from None
     raise usage.UsageError(
-        f"--sink: unknown sink {spec!r}; expected 'stdout' or 'file:PATH'"
+        f"--sink: unknown sink {_hide_password(spec)!r}; expected stdout, "
+        "file:PATH, redis://HOST:PORT/DB?key=KEY or redis+stream://...?key=KEY"
     )
+
+
+def _check_counter_spec(spec: str) -> RedisSpec | None:
+    if spec == "memory":
+        return None
+    if spec.startswith("redis://"):
+        try:
+            return parse_redis_spec(spec)
+        except ValueError as error:
+            raise usage.UsageError(
+                f"--counter {_hide_password(spec)}: {error}"
+            ) from None
+    raise usage.UsageError(
+        f"--counter: unknown counter {_hide_password(spec)!r}; expected memory "
+        "or redis://HOST:PORT/DB?key=KEY"
+    )
+
+
+def _hide_password(spec: str) -> str:
+    try:
+        return parse_redis_spec(spec).public
+    except ValueError:
+        return spec.split("@")[-1] if "@" in spec else spec
 
 
 class Options(usage.Options):
@@ -104,8 +138,26 @@ class Options(usage.Options):
             "Larger records are skipped and counted.",
             _number("max-record-bytes", int, 1),
         ],
-        ["sink", None, "stdout", "Where records go: stdout or file:PATH."],
-        ["counter", None, "memory", "The state counter: memory."],
+        [
+            "sink",
+            None,
+            "stdout",
+            "Where records go: stdout, file:PATH, redis://HOST:PORT/DB?key=KEY "
+            "or redis+stream://HOST:PORT/DB?key=KEY[&maxlen=N].",
+        ],
+        [
+            "counter",
+            None,
+            "memory",
+            "The state counter: memory or redis://HOST:PORT/DB?key=KEY.",
+        ],
+        [
+            "spill-file",
+            None,
+            None,
+            "Where records Redis never confirmed go when stopping during an "
+            "outage [default: tidehunter-spill-PID.jsonl].",
+        ],
         ["control", None, DEFAULT_CONTROL, "AMP control endpoint."],
         [
             "control-secret-file",
@@ -149,10 +201,22 @@ class Options(usage.Options):
                 f"--framing must be one of {', '.join(FRAMINGS)}, "
                 f"not {self['framing']!r}"
             )
-        _check_sink_spec(self["sink"])
-        if self["counter"] != "memory":
+        self["redis-sink"] = _check_sink_spec(self["sink"])
+        self["redis-counter"] = _check_counter_spec(self["counter"])
+        sink, counter = self["redis-sink"], self["redis-counter"]
+        if (
+            sink
+            and counter
+            and (sink.host, sink.port, sink.db)
+            != (
+                counter.host,
+                counter.port,
+                counter.db,
+            )
+        ):
             raise usage.UsageError(
-                f"--counter: unknown counter {self['counter']!r}; expected 'memory'"
+                "--sink and --counter must name the same Redis server and database "
+                "(the admit-and-push script is atomic within one database)"
             )
         self["secret"] = None
         if self["control-secret-file"]:
@@ -176,13 +240,30 @@ class HunterService(Service):
     Also the :class:`~tidehunter_tx.control.Controller` the AMP server steers.
     """
 
-    def __init__(self, hunter: Hunter, sink: FileSink, limit: int) -> None:
+    def __init__(
+        self,
+        hunter: Hunter,
+        limit: int,
+        *,
+        local_sink: FileSink | None = None,
+        gate: RedisGate | None = None,
+        counter: RedisStateCounter | None = None,
+        connection: Any = None,
+        spill_path: str | None = None,
+        settle_timeout: float = 3.0,
+    ) -> None:
         self.hunter = hunter
-        self.sink = sink
         self.limit = limit
+        self.local_sink = local_sink
+        self.gate = gate
+        self.counter = counter
+        self.connection = connection
+        self.spill_path = spill_path or f"tidehunter-spill-{os.getpid()}.jsonl"
+        self.settle_timeout = settle_timeout
         self.run: Deferred[Any] | None = None
         self.exit_code = 0
         self._finished: Deferred[None] = Deferred()
+        self._winding_down = False
 
     # -- the service's life
 
@@ -203,11 +284,12 @@ class HunterService(Service):
         """SIGTERM or reactor.stop(): stop, flush, then let the process go."""
         super().stopService()  # type: ignore[no-untyped-call]
         if self.hunter.running:
-            self.hunter.tide_off()
+            # This hunter only: a shared counter stays on for the others.
+            self.hunter.halt()
         return self._finished
 
     def _ended(self, _: object) -> None:
-        self._finish()
+        ensureDeferred(self._wind_down())
 
     def _failed(self, failure: Failure) -> None:
         reason = failure.value
@@ -216,15 +298,47 @@ class HunterService(Service):
         )
         log.error("tidehunter: stream failed: {reason}", reason=message)
         self.exit_code = 1
-        self._finish()
+        ensureDeferred(self._wind_down())
 
-    def _finish(self) -> None:
-        self.sink.close()
-        self._report()
-        if not self._finished.called:
-            self._finished.callback(None)
-        if self.running:
-            _stop_process(self.exit_code)
+    async def _wind_down(self) -> None:
+        """Settle what Redis still owes, spill what it never confirmed, flush."""
+        if self._winding_down:
+            return
+        self._winding_down = True
+        try:
+            if self.gate is not None:
+                await self._settle_or_spill(self.gate)
+            if self.counter is not None:
+                self.counter.close()
+            if self.local_sink is not None:
+                self.local_sink.close()
+            self._report()
+            if self.connection is not None:
+                await close_connection(self.connection)
+        except Exception:
+            log.failure("tidehunter: error while stopping")
+            self.exit_code = 1
+        finally:
+            if not self._finished.called:
+                self._finished.callback(None)
+            if self.running:
+                _stop_process(self.exit_code)
+
+    async def _settle_or_spill(self, gate: RedisGate) -> None:
+        from twisted.internet import reactor
+
+        settled = gate.settled()
+        settled.addTimeout(self.settle_timeout, reactor)
+        try:
+            await settled
+        except TimeoutError:
+            kept = gate.spill(self.spill_path)
+            log.warn(
+                "tidehunter: Redis did not confirm {records} records; they are "
+                "in {path} (one JSON string per line), not lost",
+                records=kept,
+                path=os.path.abspath(self.spill_path),
+            )
 
     def _report(self) -> None:
         status = self.hunter.status()
@@ -247,7 +361,7 @@ class HunterService(Service):
 
     def stop(self) -> Deferred[int]:
         if self.hunter.running:
-            self.hunter.tide_off()
+            self.hunter.halt()
         finished: Deferred[int] = Deferred()
         self._finished.addBoth(lambda _: finished.callback(self.hunter.delivered))
         return finished
@@ -323,25 +437,48 @@ def _agent_for(options: Options) -> Any:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    sink = parse_sink(options["sink"])
+    target: RedisSpec | None = options["redis-sink"]
+    counter_spec: RedisSpec | None = options["redis-counter"]
+    local_sink = None if target else parse_sink(options["sink"])
+    connection = None
+    counter: RedisStateCounter | None = None
+    gate: RedisGate | None = None
+    if target or counter_spec:
+        server = target or counter_spec
+        assert server is not None
+        connection = connect(server)
+        # With a Redis sink but an in-memory counter, the counting still has
+        # to happen inside the push script: use a counter key of our own.
+        key = counter_spec.key if counter_spec else f"tidehunter:{uuid.uuid4().hex}"
+        counter = RedisStateCounter(connection, key)
+        gate = RedisGate(counter, target=target, local=local_sink)
+
     headers: dict[str | bytes, list[str | bytes]] = {}
     for name, value in options["headers"]:
         headers.setdefault(name, []).append(value)
-    reconnect = not options["no-reconnect"]
     hunter = Hunter(
         options["url"],
+        sc=counter,
         method=options["method"],
         headers=headers or None,
         data=options["data"].encode() if options["data"] else None,
         framing=options["framing"],
         max_record_bytes=options["max-record-bytes"],
-        sink=sink,
-        reconnect=reconnect,
+        sink=gate if gate is not None else local_sink,
+        reconnect=not options["no-reconnect"],
         stall_timeout=options["stall-timeout"],
         agent=_agent_for(options),
     )
     top = MultiService()
-    hunting = HunterService(hunter, sink, options["limit"])
+    hunting = HunterService(
+        hunter,
+        options["limit"],
+        local_sink=local_sink,
+        gate=gate,
+        counter=counter,
+        connection=connection,
+        spill_path=options["spill-file"],
+    )
     hunting.setServiceParent(top)  # type: ignore[no-untyped-call]
     endpoint = serverFromString(reactor, options["control"])
     factory = ControlFactory(hunting, options["secret"])

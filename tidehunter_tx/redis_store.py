@@ -1,0 +1,533 @@
+"""Redis: the shared state counter and the sinks, with exact limits across hunters.
+
+Layout (techies 0.2.0 compatible): the queue is a list at ``KEY`` (we
+``RPUSH``, techies' ``Queue.get()`` pops the head); the state counter is a hash
+with ``state`` ("1"/"0"), ``count`` (this run), ``total`` (earlier runs) and
+our own ``limit``.  Admitting and pushing a batch is one Lua script, so any
+number of hunters sharing the counter deliver exactly ``limit`` records, and a
+push never switches a stopped counter back on.
+
+Every batch carries (producer id, sequence number); the script remembers the
+last few it applied per producer, so a batch re-sent after a lost connection is
+applied exactly once, whatever happened to the first attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .counter import StopListener
+from .protocol import Ending
+from .sinks import DrainCallback, Sink
+
+__all__ = [
+    "RedisGate",
+    "RedisSpec",
+    "RedisStateCounter",
+    "connect",
+    "parse_redis_spec",
+]
+
+log = Logger()
+
+#: Records per script call: Lua's unpack() stops near 8,000 values.
+MAX_BATCH = 4000
+#: Script calls in flight per hunter before the HTTP stream pauses.
+MAX_IN_FLIGHT = 4
+#: Applied (seq, admitted) pairs remembered per producer for re-sent batches.
+HISTORY = 32
+
+ADMIT_AND_PUSH = """
+local counter, target, seen = KEYS[1], KEYS[2], KEYS[3]
+local producer, seq, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local maxlen = tonumber(ARGV[4])
+local fields = redis.call('HMGET', counter, 'state', 'count', 'limit')
+local state = fields[1] or '0'
+local count = tonumber(fields[2] or '0')
+local limit = tonumber(fields[3] or '0')
+local history = redis.call('HGET', seen, producer) or '0|'
+local last, past = string.match(history, '^(%d+)|(.*)$')
+if seq <= tonumber(last) then
+  local replay = 0
+  for s, a in string.gmatch(past, '(%d+):(%d+),') do
+    if tonumber(s) == seq then replay = tonumber(a) end
+  end
+  return {replay, state, count, limit, 1}
+end
+local n = #ARGV - 4
+local admitted = 0
+if state == '1' then
+  admitted = n
+  if limit > 0 then admitted = math.max(0, math.min(n, limit - count)) end
+  if admitted > 0 then
+    if mode == 'list' then
+      redis.call('RPUSH', target, unpack(ARGV, 5, 4 + admitted))
+    elseif mode == 'stream' then
+      for i = 5, 4 + admitted do
+        if maxlen > 0 then
+          redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', 'data', ARGV[i])
+        else
+          redis.call('XADD', target, '*', 'data', ARGV[i])
+        end
+      end
+    end
+    count = redis.call('HINCRBY', counter, 'count', admitted)
+  end
+end
+past = past .. seq .. ':' .. admitted .. ','
+local keep = 0
+for _ in string.gmatch(past, ',') do keep = keep + 1 end
+while keep > HISTORY do
+  past = string.gsub(past, '^[^,]*,', '', 1)
+  keep = keep - 1
+end
+redis.call('HSET', seen, producer, seq .. '|' .. past)
+redis.call('EXPIRE', seen, 86400)
+return {admitted, state, count, limit, 0}
+""".replace("HISTORY", str(HISTORY))
+
+# techies semantics: a start or a stop moves count into total.  Joining a run
+# that is already on leaves it alone, so hunters sharing a counter do not reset
+# each other's count.
+START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= '1' then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+  redis.call('HINCRBY', KEYS[1], 'total', count)
+  redis.call('HSET', KEYS[1], 'count', 0, 'state', 1)
+end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[1]) end
+return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit')
+"""
+
+STOP = """
+if redis.call('HGET', KEYS[1], 'state') == '1' then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+  redis.call('HINCRBY', KEYS[1], 'total', count)
+  redis.call('HSET', KEYS[1], 'count', 0)
+end
+redis.call('HSET', KEYS[1], 'state', 0)
+return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit')
+"""
+
+
+@dataclass(frozen=True)
+class RedisSpec:
+    """A parsed ``redis://[:PASSWORD@]HOST:PORT/DB?key=KEY[&maxlen=N]``."""
+
+    host: str
+    port: int
+    db: int
+    key: str
+    password: str | None = None
+    stream: bool = False
+    maxlen: int = 0
+
+    @property
+    def public(self) -> str:
+        """The spec without its password, for logs and status."""
+        scheme = "redis+stream" if self.stream else "redis"
+        return f"{scheme}://{self.host}:{self.port}/{self.db}?key={self.key}"
+
+
+def parse_redis_spec(spec: str) -> RedisSpec:
+    """Parse a ``--sink``/``--counter`` Redis spec; ValueError says what is wrong."""
+    parts = urlsplit(spec)
+    if parts.scheme not in ("redis", "redis+stream"):
+        raise ValueError(f"not a redis:// spec: {spec.split('://')[0]!r}")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("port must be a number from 1 to 65535") from None
+    host = parts.hostname or "127.0.0.1"
+    path = parts.path.strip("/") or "0"
+    if not path.isdigit():
+        raise ValueError(f"database must be a number, not {path!r}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    keys = query.get("key", [])
+    if not keys or not keys[0]:
+        raise ValueError("needs ?key=KEY (the Redis key to use)")
+    maxlen = 0
+    if "maxlen" in query:
+        if parts.scheme != "redis+stream":
+            raise ValueError("maxlen applies to redis+stream:// sinks only")
+        text = query["maxlen"][0]
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"maxlen must be a positive integer, not {text!r}")
+        maxlen = int(text)
+    unknown = set(query) - {"key", "maxlen"}
+    if unknown:
+        raise ValueError(f"unknown option {sorted(unknown)[0]!r}")
+    password = unquote(parts.password) if parts.password else None
+    return RedisSpec(
+        host=host,
+        port=port,
+        db=int(path),
+        key=keys[0],
+        password=password,
+        stream=parts.scheme == "redis+stream",
+        maxlen=maxlen,
+    )
+
+
+def connect(spec: RedisSpec) -> Any:
+    """A lazy, reconnecting connection: commands wait while Redis is away.
+
+    Bytes stay bytes and numbers stay strings (``charset=None,
+    convertNumbers=False``), as techies' consumers expect to read them.
+    """
+    connection = txredisapi.lazyConnection(
+        host=spec.host,
+        port=spec.port,
+        dbid=spec.db,
+        password=spec.password,
+        charset=None,
+        convertNumbers=False,
+        reconnect=True,
+    )
+    # Come back quickly after an outage: the stream waits paused meanwhile.
+    connection._factory.maxDelay = 1
+    return connection
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStateCounter:
+    """The techies state counter hash, shared by every hunter that names it.
+
+    ``count``/``total``/``state``/``limit`` are a cache, refreshed by every
+    script reply and by a poll (``poll_interval``), which is how a consumer's
+    ``HSET key state 0`` (techies ``stop()``) reaches every hunter within a
+    second even on a silent stream.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        connection: Any,
+        key: str,
+        *,
+        poll_interval: float = 0.25,
+        clock: Any = None,
+    ) -> None:
+        self.connection = connection
+        self.key = key
+        self.count = 0
+        self.total = 0
+        self.state = 0
+        self._limit = 0
+        self._stop_listeners: list[StopListener] = []
+        self._poll = LoopingCall(self.refresh)
+        if clock is not None:
+            self._poll.clock = clock
+        self._poll_interval = poll_interval
+        self._watching = False
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"limit must be >= 0, not {value}")
+        self._limit = value
+        self.connection.hset(self.key, "limit", value).addErrback(self._log_error)
+
+    @property
+    def started(self) -> bool:
+        return self.state == 1
+
+    @property
+    def stopped(self) -> bool:
+        return not self.started
+
+    @property
+    def limit_reached(self) -> bool:
+        return self._limit > 0 and self.count >= self._limit
+
+    def start(self, limit: int | None = None) -> Deferred[None]:
+        """Switch on (or join a run already on), then watch for a stop."""
+        if limit is not None:
+            self._limit = limit
+        arg = "" if limit is None else str(limit)
+        d = self.connection.eval(START, keys=[self.key], args=[arg])
+        d.addCallback(self._update)
+        d.addCallback(lambda _: self._watch())
+        return d  # type: ignore[no-any-return]
+
+    def stop(self) -> Deferred[None]:
+        """Switch every hunter sharing this counter off."""
+        was_started = self.started
+        self.state = 0
+        d = self.connection.eval(STOP, keys=[self.key], args=[])
+        d.addCallback(self._update)
+        d.addErrback(self._log_error)
+        if was_started:
+            self._notify_stopped()
+        return d  # type: ignore[no-any-return]
+
+    def admit(self, wanted: int) -> int:
+        raise TypeError("a shared counter admits records in Redis: use its gate")
+
+    def refresh(self) -> Deferred[None]:
+        d = self.connection.hmget(self.key, ["state", "count", "total", "limit"])
+        d.addCallback(self._update)
+        d.addErrback(lambda _: None)  # Redis away: the next poll tries again
+        return d  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._watching = False
+        if self._poll.running:
+            self._poll.stop()
+
+    def add_stop_listener(self, listener: StopListener) -> None:
+        self._stop_listeners.append(listener)
+
+    def remove_stop_listener(self, listener: StopListener) -> None:
+        if listener in self._stop_listeners:
+            self._stop_listeners.remove(listener)
+
+    def update(self, state: Any, count: Any, limit: Any) -> None:
+        """Take what a script reply says about the counter."""
+        was_started = self.started
+        self.state = 1 if _text(state) == "1" else 0
+        self.count = int(count)
+        self._limit = int(limit)
+        if was_started and not self.started:
+            self._notify_stopped()
+
+    def _update(self, fields: list[Any]) -> None:
+        state, count, total, limit = (f if f is not None else b"0" for f in fields)
+        self.total = int(total)
+        self.update(state, count, limit)
+
+    def _watch(self) -> None:
+        if not self._watching:
+            self._watching = True
+            self._poll.start(self._poll_interval, now=False)
+
+    def _notify_stopped(self) -> None:
+        for listener in list(self._stop_listeners):
+            listener()
+
+    def _log_error(self, failure: Failure) -> None:
+        log.failure("tidehunter: Redis counter command failed", failure)
+
+    def make_gate(self, local: Sink | None = None, **kwargs: Any) -> RedisGate:
+        """A gate that admits through this counter into a local sink."""
+        return RedisGate(self, local=local, **kwargs)
+
+
+@dataclass
+class _Batch:
+    seq: int
+    records: list[bytes]
+
+
+class RedisGate:
+    """Admits batches through the shared counter and pushes them, in Redis.
+
+    One script call per batch, up to ``max_in_flight`` at once (reading
+    overlaps pushing); at the cap the sink is ``full`` and the stream pauses.
+    While Redis is away, batches wait here (bounded, the stream is paused)
+    and are re-sent in order when it returns; the script's per-producer
+    sequence numbers make a re-sent batch count once.  With ``local`` set
+    (a file or a queue) nothing is pushed to Redis: admitted records go to
+    ``local`` in order, so the limit is exact across hunters whatever they
+    write to.
+    """
+
+    admits = True
+
+    def __init__(
+        self,
+        counter: RedisStateCounter,
+        *,
+        target: RedisSpec | None = None,
+        local: Sink | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self.counter = counter
+        self.connection = counter.connection
+        self.local = local
+        self.mode = (
+            "none" if target is None else ("stream" if target.stream else "list")
+        )
+        self.target_key = counter.key if target is None else target.key
+        self.maxlen = 0 if target is None else target.maxlen
+        self.seen_key = f"{counter.key}:producers"
+        self.producer = uuid.uuid4().hex
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
+        self._seq = 0
+        self._queued: deque[_Batch] = deque()
+        self._in_flight: deque[_Batch] = deque()
+        self._on_drain: DrainCallback | None = None
+        self._on_verdict: Callable[[Ending, Failure | None], None] | None = None
+        self._on_admitted: Callable[[int], None] | None = None
+        self._closing = False
+        self._idle: list[Deferred[None]] = []
+
+    # -- the Sink side
+
+    @property
+    def full(self) -> bool:
+        backlog = len(self._in_flight) + len(self._queued)
+        return backlog >= self.max_in_flight or (
+            self.local is not None and self.local.full
+        )
+
+    @property
+    def unacknowledged(self) -> int:
+        """Records read but not yet confirmed by Redis."""
+        batches = list(self._in_flight) + list(self._queued)
+        return sum(len(batch.records) for batch in batches)
+
+    def put(self, records: list[bytes]) -> None:
+        self.offer(records)
+
+    def offer(self, records: list[bytes]) -> None:
+        """Take framed records; Redis decides how many are admitted."""
+        if self._closing:
+            return
+        for start in range(0, len(records), self.max_batch):
+            self._seq += 1
+            self._queued.append(
+                _Batch(self._seq, records[start : start + self.max_batch])
+            )
+        self._pump()
+
+    def set_drain_callback(self, callback: DrainCallback | None) -> None:
+        self._on_drain = callback
+        if callback is not None and self.local is not None and self.local.full:
+            self.local.set_drain_callback(self._maybe_drained)
+
+    def set_verdict_callback(
+        self, callback: Callable[[Ending, Failure | None], None] | None
+    ) -> None:
+        """Told when Redis says the run is over (limit, switched off, failure)."""
+        self._on_verdict = callback
+
+    def set_admitted_callback(self, callback: Callable[[int], None] | None) -> None:
+        self._on_admitted = callback
+
+    def drop_queued(self) -> int:
+        """Forget batches not yet sent (after a stop they would not be admitted)."""
+        dropped = sum(len(batch.records) for batch in self._queued)
+        self._queued.clear()
+        return dropped
+
+    def settled(self) -> Deferred[None]:
+        """Fires once every batch sent or queued has its answer."""
+        if not self._in_flight and not self._queued:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._idle.append(waiting)
+        return waiting
+
+    def spill(self, path: str) -> int:
+        """Write every unconfirmed record to ``path`` (JSON lines); never drop."""
+        batches = list(self._in_flight) + list(self._queued)
+        records = [record for batch in batches for record in batch.records]
+        if not records:
+            return 0
+        with open(path, "a", encoding="utf-8") as spill:
+            for record in records:
+                spill.write(json.dumps(record.decode("utf-8", "surrogateescape")))
+                spill.write("\n")
+            spill.flush()
+            os.fsync(spill.fileno())
+        self._closing = True
+        return len(records)
+
+    # -- talking to Redis
+
+    def _pump(self) -> None:
+        while self._queued and len(self._in_flight) < self.max_in_flight:
+            batch = self._queued.popleft()
+            self._in_flight.append(batch)
+            self._send(batch)
+
+    def _send(self, batch: _Batch) -> None:
+        d = self.connection.eval(
+            ADMIT_AND_PUSH,
+            keys=[self.counter.key, self.target_key, self.seen_key],
+            args=[self.producer, batch.seq, self.mode, self.maxlen, *batch.records],
+        )
+        d.addCallbacks(self._answered, self._failed, (batch,), None, (batch,), None)
+
+    def _answered(self, reply: list[Any], batch: _Batch) -> None:
+        admitted, state, count, limit, _replayed = reply
+        admitted = int(admitted)
+        if self._in_flight and self._in_flight[0] is batch:
+            self._in_flight.popleft()
+        elif batch in self._in_flight:
+            self._in_flight.remove(batch)
+        self.counter.update(state, count, limit)
+        if admitted:
+            if self.local is not None:
+                self.local.put(batch.records[:admitted])
+            if self._on_admitted is not None:
+                self._on_admitted(admitted)
+        over = admitted < len(batch.records) or self.counter.limit_reached
+        if over or not self.counter.started:
+            self.drop_queued()
+            if self._on_verdict is not None:
+                ending = Ending.LIMIT if self.counter.started else Ending.STOPPED
+                self._on_verdict(ending, None)
+        self._pump()
+        self._after_answer()
+
+    def _failed(self, failure: Failure, batch: _Batch) -> None:
+        if failure.check(txredisapi.ConnectionError) and not self._closing:
+            # Lost with the connection: maybe applied, maybe not.  Re-send it
+            # (it waits for the reconnect); the sequence number makes it count
+            # once.  Failures arrive in send order, so order is kept.
+            self._send(batch)
+            return
+        if self._closing:
+            return
+        log.failure("tidehunter: Redis refused a batch", failure)
+        if batch in self._in_flight:
+            self._in_flight.remove(batch)
+        if self._on_verdict is not None:
+            self._on_verdict(Ending.FAILED, failure)
+        self._after_answer()
+
+    def _after_answer(self) -> None:
+        if not self._in_flight and not self._queued:
+            idle, self._idle = self._idle, []
+            for waiting in idle:
+                waiting.callback(None)
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self._on_drain is not None and not self.full:
+            callback, self._on_drain = self._on_drain, None
+            callback()
+
+
+def close_connection(connection: Any) -> Deferred[Any]:
+    """Disconnect, tolerating a connection that never came up."""
+    try:
+        return DeferredList([connection.disconnect()], consumeErrors=True)
+    except Exception:
+        return succeed(None)
