@@ -4,7 +4,15 @@ The public surface; everything else is an implementation detail.
 """
 
 from .counter import Counter, StateCounter
-from .framing import Framer, LineFramer, make_framer
+from .framing import (
+    Framer,
+    FramingError,
+    LengthFramer,
+    LineFramer,
+    SSEEvent,
+    SSEFramer,
+    make_framer,
+)
 from .hunter import AlreadyRunning, HTTPStatusError, Hunter, StreamFailed
 from .protocol import Ending, StreamOutcome, StreamProtocol, StreamStats
 from .sinks import QueueSink, RecordQueue, Sink
@@ -16,11 +24,15 @@ __all__ = [
     "Counter",
     "Ending",
     "Framer",
+    "FramingError",
     "HTTPStatusError",
     "Hunter",
+    "LengthFramer",
     "LineFramer",
     "QueueSink",
     "RecordQueue",
+    "SSEEvent",
+    "SSEFramer",
     "Sink",
     "StateCounter",
     "StreamFailed",

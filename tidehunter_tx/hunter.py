@@ -28,7 +28,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgent
 
 from .counter import Counter, StateCounter
-from .framing import DEFAULT_MAX_RECORD_BYTES, Framer, make_framer
+from .framing import DEFAULT_MAX_RECORD_BYTES, Framer, SSEFramer, make_framer
 from .policy import Backoff, FailureKind, classify
 from .protocol import PAUSE_USER, Ending, StreamOutcome, StreamProtocol, StreamStats
 from .sinks import (
@@ -152,6 +152,10 @@ def _describe(reason: Failure) -> str:
     if inner:
         return "; ".join(_describe(f) for f in inner if isinstance(f, Failure))
     return f"{type(value).__name__}: {value}" if str(value) else type(value).__name__
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _one_line(error: BaseException) -> str:
@@ -469,7 +473,7 @@ class Hunter:
         request = self._client.request(
             self.method,
             self._request_url,
-            headers=cast(Any, self.headers),
+            headers=cast(Any, self._request_headers()),
             data=self.data,
             auth=self.auth,
             unbuffered=True,
@@ -487,6 +491,9 @@ class Hunter:
             return None, StreamOutcome(Ending.STOPPED)
         finally:
             self._request = None
+        if response.code == 204 and isinstance(self.framer, SSEFramer):
+            # The event-stream way of saying "do not reconnect".
+            return response, StreamOutcome(Ending.STOPPED)
         if not 200 <= response.code < 300:
             excerpt = _Excerpt(ERROR_EXCERPT_BYTES)
             response.deliverBody(excerpt)
@@ -524,6 +531,18 @@ class Hunter:
         if protocol.records:
             self.backoff.record_arrived()
         return response, outcome
+
+    def _request_headers(self) -> dict[Any, Any]:
+        """The user's headers, plus what an event stream needs to resume."""
+        headers: dict[Any, Any] = dict(self.headers or {})
+        if isinstance(self.framer, SSEFramer):
+            names = {_text(name).lower() for name in headers}
+            if "accept" not in names:
+                headers["Accept"] = ["text/event-stream"]
+            last_id = self.framer.last_event_id
+            if last_id and "last-event-id" not in names:
+                headers["Last-Event-ID"] = [last_id]
+        return headers
 
     async def _wait_to_reconnect(self, kind: FailureKind, delay: float) -> None:
         self.stats.reconnects += 1

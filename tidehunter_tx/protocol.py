@@ -21,7 +21,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from .counter import Counter
-from .framing import Framer
+from .framing import Framer, FramingError
 from .sinks import Sink
 
 __all__ = ["Ending", "StreamOutcome", "StreamProtocol", "StreamStats"]
@@ -121,17 +121,31 @@ class StreamProtocol(Protocol):
             self._last_byte_at = self._clock.seconds()
         try:
             records = self._framer.feed(data)
-        except ValueError:
-            # A framing error (say a bad length line): this connection's bytes
-            # can no longer be trusted; end it and let the caller reconnect.
-            self._failure = Failure()
+        except FramingError as error:
+            # A bad length line: the records before it are good, the rest of
+            # this connection's bytes cannot be trusted.  Deliver, then end it
+            # and let the reconnect policy decide.
+            broken = Failure()
+            self._deliver(error.records)
+            self._failure = self._failure or broken
             self.stop(Ending.FAILED)
             return
-        if records and self._sink_admits:
+        self._deliver(records)
+        if self._stopping is not None:
+            return
+        if PAUSE_SINK not in self._pause_reasons and self._sink.full:
+            self.pause(PAUSE_SINK)
+            self._sink.set_drain_callback(self._sink_drained)
+
+    def _deliver(self, records: list[bytes]) -> None:
+        """Gate the records and hand the admitted ones to the sink."""
+        if not records:
+            return
+        if self._sink_admits:
             # Redis decides what is admitted; its answer comes back later.
             self._sink.put(records)
-        elif records:
-            counter = self._counter
+        else:
+            counter, stats = self._counter, self._stats
             wanted = len(records)
             admitted = counter.admit(wanted)
             if admitted:
@@ -143,10 +157,6 @@ class StreamProtocol(Protocol):
                 return  # a consumer stopped us from inside put()
             if admitted < wanted or counter.limit_reached:
                 self.stop(Ending.LIMIT if counter.started else Ending.STOPPED)
-                return
-        if PAUSE_SINK not in self._pause_reasons and self._sink.full:
-            self.pause(PAUSE_SINK)
-            self._sink.set_drain_callback(self._sink_drained)
 
     def pause(self, reason: str) -> None:
         """Stop reading from the socket; the server stalls once buffers fill."""
