@@ -56,7 +56,13 @@ CTL = str(BIN / "tidehunter-ctl")
 class Daemon:
     """A real ``twistd -n tidehunter`` process, steered with ``tidehunter-ctl``."""
 
-    def __init__(self, workdir: Path, *args: str, control: str | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        control: str | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.workdir = workdir
         self.control = control or f"unix:{workdir / 'th.sock'}:mode=600"
         self.log = workdir / "daemon.log"
@@ -64,6 +70,7 @@ class Daemon:
             self.process = subprocess.Popen(
                 [*TWISTD, "tidehunter", *args, "--control", self.control],
                 cwd=workdir,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgent
 
+from .auth import Signer
 from .counter import Counter, StateCounter
 from .framing import DEFAULT_MAX_RECORD_BYTES, Framer, SSEFramer, make_framer
 from .policy import Backoff, FailureKind, classify
@@ -213,6 +214,8 @@ class Hunter:
         backoff policy says, until the limit is reached or the counter is
         switched off.  Off by default, as in the original library.
     :param backoff: the reconnect policy (default: the hbc policy).
+    :param signer: adds credentials to each request's headers (see
+        :func:`tidehunter_tx.auth.signer_from_env`).
     :param stall_timeout: seconds without a byte (keep-alives count) after
         which the connection is judged dead; ``None`` never judges.
     """
@@ -237,6 +240,7 @@ class Hunter:
         backoff: Backoff | None = None,
         stall_timeout: float | None = None,
         agent: IAgent | None = None,
+        signer: Signer | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -275,6 +279,7 @@ class Hunter:
         self.reconnect = reconnect
         self.backoff = Backoff() if backoff is None else backoff
         self.stall_timeout = stall_timeout
+        self.signer = signer
         self._reactor = reactor
         if agent is None:
             pool = _QuietPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
@@ -542,6 +547,9 @@ class Hunter:
             last_id = self.framer.last_event_id
             if last_id and "last-event-id" not in names:
                 headers["Last-Event-ID"] = [last_id]
+        if self.signer is not None:
+            # Signed per request: OAuth1 needs a fresh nonce each time.
+            headers = self.signer(self.method, self._request_url, headers, self.data)
         return headers
 
     async def _wait_to_reconnect(self, kind: FailureKind, delay: float) -> None:

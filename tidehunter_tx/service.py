@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from .auth import AuthError, signer_from_env
 from .control import ControlError, ControlFactory, read_secret_file
 from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS
 from .hunter import GaveUp, Hunter, public_url
@@ -230,6 +231,10 @@ class Options(usage.Options):
                 f"--control {control}: a control endpoint other than a Unix socket "
                 "needs --control-secret-file"
             )
+        try:
+            self["signer"] = signer_from_env(os.environ)
+        except AuthError as error:
+            raise usage.UsageError(f"credentials: {error}") from None
         if self["ca-file"] and not os.path.isfile(self["ca-file"]):
             raise usage.UsageError(f"--ca-file: no such file {self['ca-file']!r}")
 
@@ -468,6 +473,7 @@ def makeService(options: Options) -> IService:
         reconnect=not options["no-reconnect"],
         stall_timeout=options["stall-timeout"],
         agent=_agent_for(options),
+        signer=options["signer"],
     )
     top = MultiService()
     hunting = HunterService(
