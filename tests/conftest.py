@@ -39,3 +39,7 @@ def firehose_process() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# Redis fixtures live with the Redis harness; importing them registers them.
+from redis_support import redis_server, techies, techies_python  # noqa: E402, F401

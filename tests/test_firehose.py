@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
@@ -30,10 +32,17 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tidehunter_tx.firehose import (
+    BAD_LENGTH_LINE,
+    MALFORMED_CHUNK,
+    Drop,
     FirehoseSite,
     FirehoseStats,
+    Inject,
     JsonLinesEncoder,
+    LengthEncoder,
     RecordStreamProducer,
+    SSEEncoder,
+    Stall,
     make_site,
 )
 
@@ -99,6 +108,85 @@ def record(i: int, size: int = 200, terminator: bytes = b"\n") -> bytes:
     """The record the emulator must send for id ``i``, built independently."""
     head = b'{"id":%d,"pad":"' % i
     return head + b"x" * (size - len(head) - 2) + b'"}' + terminator
+
+
+def sse_event(i: int, size: int = 200, eol: bytes = b"\n") -> bytes:
+    """The event the emulator must send for id ``i`` with ``format=sse``."""
+    return b"id: %d" % i + eol + b"data: " + record(i, size, b"") + eol + eol
+
+
+def length_record(i: int, size: int = 200) -> bytes:
+    """The record the emulator must send for id ``i`` with ``format=length``."""
+    return b"%d\r\n" % (size + 2) + record(i, size, b"\r\n")
+
+
+def parse_length_prefixed(body: bytes) -> list[bytes]:
+    """Split a ``delimited=length`` body; every length line must be right."""
+    records = []
+    pos = 0
+    while pos < len(body):
+        eol = body.index(b"\r\n", pos)
+        length = int(body[pos:eol])
+        payload = body[eol + 2 : eol + 2 + length]
+        assert len(payload) == length and payload.endswith(b"\r\n")
+        records.append(payload[:-2])
+        pos = eol + 2 + length
+    return records
+
+
+class RawClient(Protocol):
+    """Keeps every byte the server sends, until the connection closes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(bytes(self.data))
+
+
+async def raw_get(base: str, target: str, *headers: str) -> tuple[bytes, bytes]:
+    """GET over a bare TCP connection: (head, body) exactly as on the wire."""
+    port = int(base.rsplit(":", 1)[1])
+    client = RawClient()
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    request = [
+        f"GET {target} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Connection: close",
+        *headers,
+    ]
+    assert client.transport is not None
+    client.transport.write("\r\n".join([*request, "", ""]).encode("latin-1"))
+    raw = await client.done
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool, bytes]:
+    """Decode a chunked body as far as it is well formed.
+
+    Returns the payload, whether the final zero-size chunk (with no trailers)
+    ended it, and the bytes from where decoding stopped.
+    """
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = body.find(b"\r\n", pos)
+        if eol < 0 or not re.fullmatch(rb"[0-9a-fA-F]+", body[pos:eol]):
+            return bytes(out), False, body[pos:]
+        size = int(body[pos:eol], 16)
+        start = eol + 2
+        if size == 0:
+            return bytes(out), body[start:] == b"\r\n", body[start:]
+        chunk = body[start : start + size]
+        out += chunk
+        if len(chunk) < size or body[start + size : start + size + 2] != b"\r\n":
+            return bytes(out), False, body[start + size :]
+        pos = start + size + 2
 
 
 class Collector(Protocol):
@@ -350,6 +438,27 @@ async def test_firehose_rate_paces_the_records(
         ("crlf=yes", "crlf"),
         ("cuont=5", "cuont"),
         ("count=1&count=2", "count"),
+        ("format=xml", "format"),
+        ("format=sse&format=sse", "format"),
+        ("retry=500", "retry"),
+        ("format=length&retry=500", "retry"),
+        ("format=sse&retry=-1", "retry"),
+        ("format=length&crlf=1", "crlf"),
+        ("bad_length_after=3", "bad_length_after"),
+        ("drop_mid=1", "drop_mid"),
+        ("drop_every=0", "drop_every"),
+        ("drop_after=x", "drop_after"),
+        ("stall_for=1", "stall_for"),
+        ("stall_after=1&stall_for=soon", "stall_for"),
+        ("malformed=1", "malformed"),
+        ("drop_after=3&malformed=2", "malformed"),
+        ("status=200", "status"),
+        ("status=99", "status"),
+        ("status=600", "status"),
+        ("status=5000", "status"),
+        ("retry_after=3", "retry_after"),
+        ("status=503&retry_after=1.5", "retry_after"),
+        ("fail_times=2", "fail_times"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -373,7 +482,365 @@ async def test_head_firehose_answers_headers_without_starting_a_stream(
     response = await treq.head(base + "/firehose", persistent=False)
     assert response.code == 200
     assert await treq.content(response) == b""
+    sse = await treq.head(base + "/firehose?format=sse&status=503", persistent=False)
+    assert sse.code == 200  # HEAD shows the stream's headers, never a fault
+    assert sse.headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
     assert site.stats.active == 0 and site.stats.bytes_written == 0
+    assert site.stats.request_times == [] and site.stats.faults == {}
+
+
+# --- /firehose wire formats ----------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_format_sends_one_event_per_record_with_consecutive_ids(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    code, headers, body = await fetch(
+        base + "/firehose?format=sse&count=5&size=60&start=7&chunk=5"
+    )
+    assert code == 200
+    assert headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    assert headers.getRawHeaders(b"cache-control") == [b"no-cache"]
+    assert body == b"".join(sse_event(i, 60) for i in range(7, 12))
+    assert site.stats.records_written == 5 and site.stats.bytes_written == len(body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_retry_field_comes_first_and_crlf_ends_every_line(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    _, _, body = await fetch(
+        base + "/firehose?format=sse&count=2&size=40&retry=1500&crlf=1"
+    )
+    events = b"".join(sse_event(i, 40, b"\r\n") for i in range(2))
+    assert body == b"retry: 1500\r\n\r\n" + events
+    assert site.stats.records_written == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_last_event_id_resumes_after_it_and_is_recorded(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    url = base + "/firehose?format=sse&count=10&size=40"
+
+    async def get(last_id: str | None) -> tuple[int, bytes]:
+        headers = {} if last_id is None else {"Last-Event-ID": last_id}
+        response = await treq.get(url, headers=headers, persistent=False)
+        return response.code, await treq.content(response)
+
+    assert await get(None) == (200, b"".join(sse_event(i, 40) for i in range(10)))
+    assert await get("4") == (200, b"".join(sse_event(i, 40) for i in range(5, 10)))
+    assert await get("8") == (200, sse_event(9, 40))
+    # Past the end of the stream: 204, the event-stream way to say "stop".
+    assert await get("9") == (204, b"")
+    assert await get("12345") == (204, b"")
+    # An empty id means "no id" (the client has none yet): from the start.
+    code, body = await get("")
+    assert code == 200 and body.startswith(sse_event(0, 40))
+    code, body = await get("4x")
+    assert code == 400 and b"Last-Event-ID" in body
+    assert site.stats.last_event_ids == [None, "4", "8", "9", "12345", "", "4x"]
+    assert len(site.stats.request_times) == 7
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_event_id_does_not_resume_the_other_formats(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    response = await treq.get(
+        base + "/firehose?count=3&size=40",
+        headers={"Last-Event-ID": "1"},
+        persistent=False,
+    )
+    assert await treq.content(response) == b"".join(record(i, 40) for i in range(3))
+    assert site.stats.last_event_ids == ["1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sse_keepalives_are_comment_lines(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    _, _, body = await fetch(
+        base + "/firehose?format=sse&count=2&size=30&rate=5&keepalive=0.04"
+    )
+    events = sse_event(0, 30) + sse_event(1, 30)
+    assert body.startswith(sse_event(0, 30)) and body.endswith(sse_event(1, 30))
+    assert body.replace(b":\n", b"") == events
+    assert body.count(b":\n") >= 2  # 200 ms between events, one every 40 ms
+
+
+@pytest_twisted.ensureDeferred
+async def test_length_format_prefixes_each_record_with_its_byte_count(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    code, headers, body = await fetch(
+        base + "/firehose?format=length&count=20&size=50&chunk=3"
+    )
+    assert code == 200
+    assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+    assert body == b"".join(length_record(i, 50) for i in range(20))
+    assert parse_length_prefixed(body) == [record(i, 50, b"") for i in range(20)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_length_format_counts_right_when_records_outgrow_their_size(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    # size=20 fits ids of up to 4 digits; 10000 and up are sent unpadded.
+    _, _, body = await fetch(
+        base + "/firehose?format=length&count=4&size=20&start=9998"
+    )
+    records = parse_length_prefixed(body)
+    assert [json.loads(r)["id"] for r in records] == [9998, 9999, 10000, 10001]
+    assert [len(r) for r in records] == [20, 20, 12, 12]
+
+
+@pytest.mark.parametrize("wire", ["sse", "length"])
+@pytest_twisted.ensureDeferred
+async def test_every_format_gzips_to_the_same_bytes(
+    emulator: tuple[str, FirehoseSite], wire: str
+) -> None:
+    base, _ = emulator
+    query = f"/firehose?format={wire}&count=300&size=90&chunk=1000"
+    _, _, plain = await fetch(base + query)
+    raw = await fetch_raw(base + query + "&gzip=1")
+    assert raw[:2] == b"\x1f\x8b"
+    assert zlib.decompress(raw, 31) == plain
+    assert len(plain) > 300 * 90
+
+
+# --- /firehose faults -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mid", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_drop_after_cuts_the_chunked_body_after_exactly_n_records(
+    emulator: tuple[str, FirehoseSite], mid: bool
+) -> None:
+    base, site = emulator
+    query = "count=10&size=40&chunk=7&drop_after=3" + ("&drop_mid=1" if mid else "")
+    head, body = await raw_get(base, "/firehose?" + query)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    payload, ended, rest = dechunk(body)
+    half = record(3, 40)[:20] if mid else b""
+    assert payload == record(0, 40) + record(1, 40) + record(2, 40) + half
+    assert (ended, rest) == (False, b"")
+    assert site.stats.faults == {"drop": 1}
+    assert site.stats.records_written == 3 and site.stats.active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_drop_every_drops_at_stream_positions_and_count_ends_cleanly(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    target = "/firehose?format=sse&count=25&size=40&drop_every=10"
+
+    async def events(last_id: str | None) -> tuple[list[int], bool]:
+        extra = [] if last_id is None else [f"Last-Event-ID: {last_id}"]
+        _, body = await raw_get(base, target, *extra)
+        payload, ended, _ = dechunk(body)
+        found = [int(n) for n in re.findall(rb"^id: (\d+)$", payload, re.M)]
+        assert payload == b"".join(sse_event(i, 40) for i in found)
+        return found, ended
+
+    assert await events(None) == (list(range(10)), False)
+    assert await events("9") == (list(range(10, 20)), False)
+    # Positions count from the stream's start, not from the resume.
+    assert await events("14") == (list(range(15, 20)), False)
+    # The last stretch is shorter than 10: the stream ends, it is not dropped.
+    assert await events("19") == (list(range(20, 25)), True)
+    assert site.stats.faults == {"drop": 3}
+    # Without resume (lines), every response starts over and drops after 10.
+    _, body = await raw_get(base, "/firehose?count=25&size=40&drop_every=10")
+    payload, ended, _ = dechunk(body)
+    assert (payload, ended) == (b"".join(record(i, 40) for i in range(10)), False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_count_wins_over_a_drop_at_the_same_position(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    _, body = await raw_get(
+        base, "/firehose?format=sse&count=20&drop_every=10", "Last-Event-ID: 9"
+    )
+    payload, ended, _ = dechunk(body)
+    assert ended and payload == b"".join(sse_event(i) for i in range(10, 20))
+    assert site.stats.faults == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_drop_writes_a_broken_chunk_past_the_encoder(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    _, body = await raw_get(base, "/firehose?count=10&size=40&drop_after=3&malformed=1")
+    payload, ended, rest = dechunk(body)
+    assert payload == b"".join(record(i, 40) for i in range(3))
+    assert not ended and rest == MALFORMED_CHUNK
+    # With gzip and drop_mid too, the broken chunk is raw bytes on the wire.
+    _, body = await raw_get(
+        base, "/firehose?count=10&size=40&drop_after=3&drop_mid=1&malformed=1&gzip=1"
+    )
+    payload, ended, rest = dechunk(body)
+    assert not ended and rest == MALFORMED_CHUNK
+    decoded = zlib.decompressobj(31).decompress(payload)
+    assert decoded == b"".join(record(i, 40) for i in range(3)) + record(3, 40)[:20]
+    assert site.stats.faults == {"malformed": 2} and site.stats.active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_length_after_splices_a_bad_length_line_and_carries_on(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    _, _, body = await fetch(
+        base + "/firehose?format=length&count=4&size=40&bad_length_after=2"
+    )
+    good = [length_record(i, 40) for i in range(4)]
+    assert body == good[0] + good[1] + BAD_LENGTH_LINE + good[2] + good[3]
+    assert not BAD_LENGTH_LINE.strip().isdigit()
+    assert site.stats.faults == {"bad_length": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stall_for_pauses_the_stream_then_carries_on(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    response = await agent.request(
+        b"GET",
+        (base + "/firehose?count=6&size=40&stall_after=2&stall_for=0.3").encode(),
+    )
+    arrivals: list[tuple[float, int]] = []  # (when, bytes so far)
+    collector = Collector()
+    original = collector.dataReceived
+
+    def timed(data: bytes) -> None:
+        original(data)
+        arrivals.append((time.monotonic(), sum(map(len, collector.pieces))))
+
+    collector.dataReceived = timed  # type: ignore[method-assign]
+    response.deliverBody(collector)
+    await collector.done
+    assert b"".join(collector.pieces) == b"".join(record(i, 40) for i in range(6))
+    before = max(t for t, size in arrivals if size <= 2 * 41)
+    after = min(t for t, size in arrivals if size > 2 * 41)
+    assert after - before >= 0.25  # 0.3 s at the server, less a little jitter
+    assert site.stats.faults == {"stall": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stall_without_stall_for_holds_the_connection_open(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    response = await treq.get(
+        base + "/firehose?size=40&stall_after=5", unbuffered=True, persistent=False
+    )
+    collector = Collector()
+    response.deliverBody(collector)
+    await wait_until(lambda: site.stats.faults == {"stall": 1})
+    await wait_until(lambda: sum(map(len, collector.pieces)) == 5 * 41)
+    assert site.stats.active == 1 and site.stats.records_written == 5
+    assert not collector.done.called
+    collector.transport.stopProducing()  # type: ignore[union-attr]
+    await collector.done
+    await wait_until(lambda: site.stats.active == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stall_at_0_still_sends_the_headers_at_once(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    # Without the headers the client would wait for its header timeout.
+    response = await treq.get(
+        base + "/firehose?format=sse&stall_after=0",
+        unbuffered=True,
+        persistent=False,
+        timeout=5,
+    )
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"text/event-stream"]
+    collector = Collector()
+    response.deliverBody(collector)
+    assert site.stats.faults == {"stall": 1} and site.stats.bytes_written == 0
+    collector.transport.stopProducing()  # type: ignore[union-attr]
+    await collector.done
+    assert collector.pieces == []
+    await wait_until(lambda: site.stats.active == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_answers_for_the_first_fail_times_requests_then_streams(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    query = "/firehose?count=3&size=40&status=503&retry_after=7&fail_times=2"
+    for _ in range(2):
+        code, headers, body = await fetch(base + query)
+        assert code == 503
+        assert headers.getRawHeaders(b"retry-after") == [b"7"]
+        assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+        assert [json.loads(line)["id"] for line in body.splitlines()] == [0, 1, 2]
+    code, headers, body = await fetch(base + query)
+    assert code == 200 and not headers.hasHeader(b"retry-after")
+    assert body == b"".join(record(i, 40) for i in range(3))
+    # Another query has its own count: it fails again.
+    code, _, _ = await fetch(base + query + "&start=0")
+    assert code == 503
+    assert site.stats.faults == {"status": 3}
+    # Without fail_times, every request fails; 204 has no body.
+    for _ in range(2):
+        code, _, body = await fetch(base + "/firehose?status=429")
+        assert code == 429 and body
+    assert (await fetch(base + "/firehose?format=sse&status=204"))[::2] == (204, b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_fail_times_also_limits_the_stream_faults(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    target = "/firehose?count=5&size=40&drop_after=2&fail_times=1"
+    payload, ended, _ = dechunk((await raw_get(base, target))[1])
+    assert (payload, ended) == (record(0, 40) + record(1, 40), False)
+    payload, ended, _ = dechunk((await raw_get(base, target))[1])
+    assert (payload, ended) == (b"".join(record(i, 40) for i in range(5)), True)
+    assert site.stats.faults == {"drop": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_times_follow_the_emulator_clock(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    started = time.time()
+    for _ in range(3):
+        await fetch(base + "/firehose?count=1")
+    await fetch(base + "/stats")  # not a /firehose request: not logged
+    times = site.stats.request_times
+    assert len(times) == 3 and times == sorted(times)
+    assert started - 1 <= times[0] <= times[-1] <= time.time() + 1
+
+
+def test_the_request_log_keeps_the_newest_entries() -> None:
+    stats = FirehoseStats()
+    for i in range(10_005):
+        stats.note_request(float(i), str(i))
+    assert len(stats.request_times) == len(stats.last_event_ids) == 10_000
+    assert stats.request_times[0] == 5.0 and stats.last_event_ids[-1] == "10004"
 
 
 # --- /status and /stats ------------------------------------------------------
@@ -405,6 +872,7 @@ async def test_stats_counts_requests_records_and_bytes(
     _, _, stream_body = await fetch(base + "/stream/3")
     await fetch(base + "/firehose?count=x")
     stats = await stats_of(base)
+    times = stats.pop("request_times")
     assert stats == {
         "requests": 5,  # the /stats request counts itself
         "active": 0,
@@ -412,7 +880,11 @@ async def test_stats_counts_requests_records_and_bytes(
         "records_written": 18,
         "pauses": 0,
         "paused_now": 0,
+        # One entry per /firehose GET, the one refused with a 400 included.
+        "last_event_ids": [None, None, None],
+        "faults": {},
     }
+    assert len(times) == 3 and times == sorted(times)
     assert site.stats.requests == 5
 
 
@@ -588,6 +1060,234 @@ def test_json_lines_encoder_pads_exactly_when_the_id_fits(
             assert len(line) == size
         else:
             assert line == b'{"id":%d}' % i
+
+
+class FakeConnection:
+    """Stands in for the raw connection under a response."""
+
+    def __init__(self) -> None:
+        self.raw: list[bytes] = []
+        self.closed = False
+
+    def write_raw(self, data: bytes) -> None:
+        assert not self.closed
+        self.raw.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16384])
+@pytest.mark.parametrize("mid", [False, True])
+def test_a_drop_comes_after_exactly_n_records_for_any_chunk_size(
+    chunk: int, mid: bool
+) -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    connection = FakeConnection()
+    RecordStreamProducer(
+        request,
+        JsonLinesEncoder(30),
+        stats,
+        clock,
+        chunk=chunk,
+        faults=[(4, Drop(mid))],
+        connection=connection,
+    ).start()
+    while not connection.closed:
+        assert clock.getDelayedCalls(), "the producer stopped before the drop"
+        clock.advance(0)
+    half = record(4, 30)[:15] if mid else b""
+    assert request.body == b"".join(record(i, 30) for i in range(4)) + half
+    assert not request.finished and connection.raw == []
+    assert clock.getDelayedCalls() == []
+    assert (stats.records_written, stats.active, stats.faults) == (4, 0, {"drop": 1})
+    assert stats.bytes_written == len(request.body)
+
+
+def test_the_limit_wins_over_a_fault_at_the_same_position() -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    connection = FakeConnection()
+    RecordStreamProducer(
+        request,
+        JsonLinesEncoder(30),
+        stats,
+        clock,
+        limit=3,
+        faults=[(3, Drop(True)), (3, Stall())],
+        connection=connection,
+    ).start()
+    run_to_end(clock, request)
+    assert request.body == b"".join(record(i, 30) for i in range(3))
+    assert not connection.closed and stats.faults == {}
+
+
+def test_a_malformed_chunk_goes_past_the_response_then_the_connection_closes() -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    connection = FakeConnection()
+    RecordStreamProducer(
+        request,
+        JsonLinesEncoder(30),
+        stats,
+        clock,
+        faults=[(2, Drop(raw=MALFORMED_CHUNK))],
+        connection=connection,
+    ).start()
+    assert request.body == record(0, 30) + record(1, 30)
+    assert connection.raw == [MALFORMED_CHUNK] and connection.closed
+    assert stats.active == 0 and stats.faults == {"malformed": 1}
+
+
+def test_an_injected_line_sits_between_records_and_the_stream_carries_on() -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    RecordStreamProducer(
+        request,
+        LengthEncoder(30),
+        stats,
+        clock,
+        limit=4,
+        chunk=5,
+        faults=[(2, Inject())],
+    ).start()
+    run_to_end(clock, request)
+    good = [length_record(i, 30) for i in range(4)]
+    assert request.body == good[0] + good[1] + BAD_LENGTH_LINE + good[2] + good[3]
+    assert stats.records_written == 4 and stats.bytes_written == len(request.body)
+
+
+def test_a_stall_for_good_writes_nothing_more_and_is_released_on_disconnect() -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    RecordStreamProducer(
+        request,
+        JsonLinesEncoder(30),
+        stats,
+        clock,
+        rate=100,
+        keepalive=0.05,
+        faults=[(3, Stall())],
+    ).start()
+    clock.pump([0.01] * 10)
+    assert request.body == b"".join(record(i, 30) for i in range(3))
+    clock.pump([1.0] * 100)  # no records, and no keep-alives either
+    assert request.body == b"".join(record(i, 30) for i in range(3))
+    assert clock.getDelayedCalls() == [] and stats.faults == {"stall": 1}
+    request.lose_connection()
+    assert stats.active == 0 and not request.finished
+
+
+def test_a_stall_for_seconds_resumes_at_the_rate_without_a_burst() -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    RecordStreamProducer(
+        request,
+        JsonLinesEncoder(30),
+        stats,
+        clock,
+        limit=6,
+        rate=10,
+        faults=[(2, Stall(5.0))],
+    ).start()
+    clock.advance(0.1)  # records at 0 s and 0.1 s, then the stall until 5.1 s
+    assert stats.records_written == 2
+    clock.advance(4.95)
+    assert stats.records_written == 2 and len(clock.getDelayedCalls()) == 1
+    # The stall ends; the pace carries on shifted by it (record 2 was due at
+    # 0.2 s, now at 5.3 s) instead of bursting out what fell due meanwhile.
+    clock.advance(0.15)  # 5.2 s
+    assert stats.records_written == 2
+    clock.advance(0.15)  # 5.35 s
+    assert stats.records_written == 3
+    clock.advance(0.1)  # 5.45 s
+    assert stats.records_written == 4
+    clock.pump([0.1] * 3)
+    assert request.finished and stats.records_written == 6
+    assert request.body == b"".join(record(i, 30) for i in range(6))
+
+
+def test_a_stall_that_ends_while_paused_waits_for_the_resume() -> None:
+    clock, stats = Clock(), FirehoseStats()
+    request = FakeRequest()
+    producer = RecordStreamProducer(
+        request, JsonLinesEncoder(30), stats, clock, limit=4, faults=[(2, Stall(1.0))]
+    )
+    producer.start()
+    producer.pauseProducing()
+    clock.advance(2)
+    assert request.body == record(0, 30) + record(1, 30)
+    producer.resumeProducing()
+    run_to_end(clock, request)
+    assert request.body == b"".join(record(i, 30) for i in range(4))
+
+
+def test_a_disconnect_during_a_stall_cancels_its_timer() -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    RecordStreamProducer(
+        request, JsonLinesEncoder(30), stats, clock, faults=[(1, Stall(10.0))]
+    ).start()
+    assert len(clock.getDelayedCalls()) == 1
+    request.lose_connection()
+    assert clock.getDelayedCalls() == [] and stats.active == 0
+    clock.advance(20)
+    assert request.body == record(0, 30)
+
+
+def test_the_preamble_goes_first_and_is_not_a_record() -> None:
+    clock, request, stats = Clock(), FakeRequest(), FirehoseStats()
+    encoder = SSEEncoder(40)
+    RecordStreamProducer(
+        request,
+        encoder,
+        stats,
+        clock,
+        limit=2,
+        chunk=3,
+        preamble=encoder.retry_field(250),
+    ).start()
+    run_to_end(clock, request)
+    assert request.body == b"retry: 250\n\n" + sse_event(0, 40) + sse_event(1, 40)
+    assert stats.records_written == 2 and stats.bytes_written == len(request.body)
+
+
+def test_faults_that_break_the_connection_need_one() -> None:
+    for fault in (Drop(), Drop(True, MALFORMED_CHUNK)):
+        with pytest.raises(ValueError, match="needs a connection"):
+            RecordStreamProducer(
+                FakeRequest(),
+                JsonLinesEncoder(),
+                FirehoseStats(),
+                Clock(),
+                faults=[(1, fault)],
+            )
+    with pytest.raises(ValueError, match="positions"):
+        RecordStreamProducer(
+            FakeRequest(),
+            JsonLinesEncoder(),
+            FirehoseStats(),
+            Clock(),
+            faults=[(-1, Stall())],
+        )
+
+
+@given(
+    start=st.one_of(
+        st.integers(0, 200),
+        st.sampled_from([10**k - 3 for k in range(1, 12)]),
+    ),
+    count=st.integers(0, 30),
+    size=st.integers(0, 120),
+    eol=st.sampled_from([b"\n", b"\r\n"]),
+)
+def test_sse_and_length_encoders_frame_exactly(
+    start: int, count: int, size: int, eol: bytes
+) -> None:
+    expected = JsonLinesEncoder(size, b"\n").encode(start, count).split(b"\n")[:-1]
+    sse = SSEEncoder(size, eol).encode(start, count)
+    events = sse.split(eol + eol)
+    assert events.pop() == b""
+    assert events == [
+        b"id: %d" % i + eol + b"data: " + line
+        for i, line in zip(range(start, start + count), expected, strict=True)
+    ]
+    length = LengthEncoder(size).encode(start, count)
+    assert parse_length_prefixed(length) == expected
 
 
 # --- the console script --------------------------------------------------------

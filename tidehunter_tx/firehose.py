@@ -5,15 +5,88 @@ Endpoints:
 - ``GET /stream/N``: N httpbin-style JSON lines echoing the request.
 - ``GET /firehose``: records ``{"id":N,"pad":"xx.."}`` with exact sizes and
   consecutive ids (so a client can check order and loss), as fast as TCP takes
-  them or at a fixed rate, optionally gzip-compressed, with keep-alive lines.
+  them or at a fixed rate, optionally gzip-compressed, with keep-alives, in one
+  of three wire formats, with faults on request (see below).
 - ``GET /status/CODE``: an error status with a JSON-lines body, to catch clients
   that treat error bodies as records.
 - ``GET /stats``: counters that prove what the emulator did, e.g. that its
-  writes stalled when a client stopped reading.
+  writes stalled when a client stopped reading, or which ``Last-Event-ID`` each
+  reconnect carried.
 
 Every stream is an ``IPushProducer`` registered on its request, so the emulator
 honours TCP backpressure instead of buffering without bound, and it can
 generate hundreds of MB/s so it is never the bottleneck of a benchmark.
+
+``/firehose`` query options (strict: an unknown name, a repeated name, a value
+out of range or an option that needs another one missing is a 400):
+
+``count=N``
+    records in the whole stream, ids ``start .. start+N-1``; 0 (default) is
+    endless.
+``size=BYTES``
+    bytes of each record's JSON object (terminator and framing excluded);
+    default 200.
+``start=ID``, ``rate=PER_SECOND``, ``chunk=BYTES``, ``keepalive=SECONDS``
+    first id; records per second (0: as fast as TCP takes them); bytes per
+    write; a keep-alive after this much silence (rate mode only).
+``gzip=1``
+    ``Content-Encoding: gzip``, a sync flush after every write.
+``crlf=1``
+    ``\\r\\n`` line ends (``lines`` and ``sse`` formats).
+``format=lines|sse|length``
+    ``lines`` (default): one JSON object per line, blank-line keep-alives.
+    ``sse``: ``text/event-stream``; each record is an event
+    ``id: N\\ndata: {"id":N,...}\\n\\n``; keep-alives are ``:`` comment
+    lines; a ``Last-Event-ID: K`` request header resumes the stream at id
+    ``K+1`` (``count`` still bounds the whole stream, so a resume past its end
+    is answered ``204 No Content``, the event-stream "stop"; a header that is
+    not a decimal id is a 400).
+    ``length``: Twitter's ``delimited=length``: ``N\\r\\n{record}\\r\\n``
+    where ``N`` counts the record and its ``\\r\\n``; keep-alives are
+    ``\\r\\n``.
+``retry=MS``
+    (``sse``) a ``retry: MS`` field before the first event.
+
+Faults.  Every ``*_after=N`` counts records of *this response*:
+
+``drop_after=N``
+    after N records, the connection is dropped in the middle of the chunked
+    body: what was written is flushed, then the socket is closed and the
+    final chunk never comes.  (Not a TCP reset: a reset would also throw away
+    whatever still sat in the server's socket buffer, so a client that was
+    not reading at that moment would lose records the emulator counted.)
+``drop_mid=1``
+    with ``drop_after`` or ``drop_every``: the first half of the next record
+    goes out before the drop (and before the broken chunk of ``malformed``).
+``drop_every=N``
+    drop the connection each time the stream reaches a multiple of N records
+    past ``start``: positions in the whole stream, so an SSE client that
+    resumes with ``Last-Event-ID`` sees a drop after every N events, and the
+    stream still ends cleanly once ``count`` is reached (``count`` wins over a
+    fault at the same position).  Formats that do not resume restart at
+    ``start``, so for them it is a drop after N records of each response.
+``stall_after=N``, ``stall_for=SECONDS``
+    after N records send nothing at all (no keep-alives either) but keep the
+    connection open; after ``stall_for`` seconds carry on (default: forever).
+``malformed=1``
+    with ``drop_after`` or ``drop_every``: the drop ends with a broken chunk
+    (a chunk-size line that is not hex), written to the socket past the
+    chunked encoder (and gzip), before the connection closes.
+``bad_length_after=N``
+    (``length``) after N records, a length line that is not a number, then
+    the stream carries on as if nothing happened.
+``status=CODE``, ``retry_after=SECONDS``
+    answer CODE (204 or 300..599) with a JSON-lines error body (none for 204),
+    and ``Retry-After: SECONDS`` when given, instead of streaming.
+``fail_times=K``
+    the faults above apply only to the first K requests with this exact path
+    and query (counted per emulator); later ones stream normally, so "fail
+    twice, then succeed" is ``status=503&fail_times=2``.  Default: every request.
+
+``/stats`` adds, per ``/firehose`` GET in arrival order (aligned lists, the
+last 10,000 kept): ``request_times`` (the emulator clock's seconds) and
+``last_event_ids`` (the ``Last-Event-ID`` header as sent, ``null`` when
+absent); and ``faults``, how many of each fault were carried out.
 """
 
 from __future__ import annotations
@@ -26,7 +99,7 @@ import sys
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -46,17 +119,24 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 __all__ = [
+    "Drop",
+    "Fault",
     "FirehoseOptions",
     "FirehoseResource",
     "FirehoseRoot",
     "FirehoseSite",
     "FirehoseStats",
     "HttpbinLinesEncoder",
+    "Inject",
     "JsonLinesEncoder",
+    "LengthEncoder",
     "OptionError",
+    "RawConnection",
     "RecordEncoder",
     "RecordStreamProducer",
     "ResponseTarget",
+    "SSEEncoder",
+    "Stall",
     "StatsResource",
     "StatusResource",
     "StreamResource",
@@ -90,6 +170,12 @@ KEEPALIVE_SLACK = 1e-3
 # roughly three times the speed, so gzip mode stays off the benchmark's path.
 GZIP_LEVEL = 1
 GZIP_WBITS = 31
+# /stats keeps this many of the newest per-request entries.
+MAX_REQUEST_LOG = 10_000
+# What the faults put on the wire.  A chunk-size line must be hex digits.
+MALFORMED_CHUNK = b"zz\r\nthis is not a chunk\r\n"
+BAD_LENGTH_LINE = b"twelve\r\n"
+FORMATS = ("lines", "sse", "length")
 
 
 @dataclasses.dataclass
@@ -107,6 +193,24 @@ class FirehoseStats:
     records_written: int = 0
     pauses: int = 0
     paused_now: int = 0
+    #: Per ``/firehose`` GET, oldest first: when it arrived (clock seconds) and
+    #: its ``Last-Event-ID`` header (None when absent).  Aligned by index.
+    request_times: list[float] = dataclasses.field(default_factory=list)
+    last_event_ids: list[str | None] = dataclasses.field(default_factory=list)
+    #: Faults carried out, by kind: status, drop, stall, malformed, bad_length.
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def note_request(self, when: float, last_event_id: str | None) -> None:
+        """Log one ``/firehose`` GET, keeping the newest ``MAX_REQUEST_LOG``."""
+        self.request_times.append(when)
+        self.last_event_ids.append(last_event_id)
+        excess = len(self.request_times) - MAX_REQUEST_LOG
+        if excess > 0:
+            del self.request_times[:excess]
+            del self.last_event_ids[:excess]
+
+    def note_fault(self, kind: str) -> None:
+        self.faults[kind] = self.faults.get(kind, 0) + 1
 
     def to_json(self) -> bytes:
         """Serialise for ``GET /stats``."""
@@ -131,35 +235,40 @@ class RecordEncoder(Protocol):
         ...
 
 
-class JsonLinesEncoder:
-    """``{"id":N,"pad":"xx.."}`` records padded to exactly ``size`` bytes.
+class _PaddedJsonEncoder:
+    """``{"id":N,"pad":"xx.."}`` objects padded to exactly ``size`` bytes, framed.
 
-    When ``size`` is too small to hold the padded form for an id, the record is
-    ``{"id":N}`` unpadded (so its length differs from ``size``).
+    When ``size`` is too small to hold the padded form for an id, the object is
+    ``{"id":N}`` unpadded (so its length differs from ``size``).  Subclasses
+    frame the object; the framed template is built once per id digit count,
+    with ``%d`` where the id goes (``_IDS`` times per record).
     """
 
-    _HEAD = b'{"id":'
     _OVERHEAD = len(b'{"id":,"pad":""}')
+    _IDS = 1
 
-    def __init__(self, size: int = DEFAULT_SIZE, terminator: bytes = b"\n") -> None:
+    def __init__(self, size: int) -> None:
         if size < 0:
             raise ValueError("size must be >= 0")
         self.size = size
-        self.terminator = terminator
-        self.record_bytes = max(size, len(b'{"id":0}')) + len(terminator)
-        self.keepalive = terminator
         self._templates: dict[int, bytes] = {}
 
+    def _json(self, digits: int) -> bytes:
+        """The object's ``%d`` template for ids of this many digits."""
+        pad = self.size - self._OVERHEAD - digits
+        if pad >= 0:
+            return b'{"id":%d,"pad":"' + b"x" * pad + b'"}'
+        return b'{"id":%d}'
+
+    def _frame(self, body: bytes, body_len: int) -> bytes:
+        """Wrap the object's template (``body_len`` bytes once formatted)."""
+        raise NotImplementedError
+
     def _template(self, digits: int) -> bytes:
-        """A ``%d`` template for ids of this many digits, built once."""
         template = self._templates.get(digits)
         if template is None:
-            pad = self.size - self._OVERHEAD - digits
-            if pad >= 0:
-                body = b'{"id":%d,"pad":"' + b"x" * pad + b'"}'
-            else:
-                body = b'{"id":%d}'
-            template = body + self.terminator
+            body = self._json(digits)
+            template = self._frame(body, len(body) - 2 + digits)
             self._templates[digits] = template
         return template
 
@@ -170,13 +279,70 @@ class JsonLinesEncoder:
         parts: list[bytes] = []
         i = first_id
         end = first_id + count
+        twice = self._IDS == 2
         while i < end:
             digits = len(b"%d" % i)
             run_end = min(end, 10**digits)
             template = self._template(digits)
-            parts.append(b"".join([template % n for n in range(i, run_end)]))
+            if twice:
+                parts.append(b"".join([template % (n, n) for n in range(i, run_end)]))
+            else:
+                parts.append(b"".join([template % n for n in range(i, run_end)]))
             i = run_end
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class JsonLinesEncoder(_PaddedJsonEncoder):
+    """JSON lines: each padded object followed by ``terminator``."""
+
+    def __init__(self, size: int = DEFAULT_SIZE, terminator: bytes = b"\n") -> None:
+        super().__init__(size)
+        self.terminator = terminator
+        self.record_bytes = max(size, len(b'{"id":0}')) + len(terminator)
+        self.keepalive = terminator
+
+    def _frame(self, body: bytes, body_len: int) -> bytes:
+        return body + self.terminator
+
+
+class SSEEncoder(_PaddedJsonEncoder):
+    """Server-sent events: ``id: N``, ``data: {object}``, a blank line.
+
+    ``eol`` ends every line (``\\n`` or ``\\r\\n``); a keep-alive is an
+    empty comment line.
+    """
+
+    _IDS = 2
+
+    def __init__(self, size: int = DEFAULT_SIZE, eol: bytes = b"\n") -> None:
+        super().__init__(size)
+        self.eol = eol
+        self.record_bytes = max(size, len(b'{"id":0}')) + 16 + 3 * len(eol)
+        self.keepalive = b":" + eol
+
+    def _frame(self, body: bytes, body_len: int) -> bytes:
+        eol = self.eol
+        return b"id: %d" + eol + b"data: " + body + eol + eol
+
+    def retry_field(self, ms: int) -> bytes:
+        """A ``retry`` field in a block of its own (it dispatches no event)."""
+        return b"retry: %d" % ms + self.eol + self.eol
+
+
+class LengthEncoder(_PaddedJsonEncoder):
+    """Twitter's ``delimited=length``: ``N\\r\\n{object}\\r\\n``.
+
+    ``N`` is the byte count of the object and its ``\\r\\n``; a keep-alive is
+    a blank line.
+    """
+
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+        super().__init__(size)
+        self.record_bytes = max(size, len(b'{"id":0}')) + 8
+        self.keepalive = b"\r\n"
+
+    def _frame(self, body: bytes, body_len: int) -> bytes:
+        return b"%d\r\n" % (body_len + 2) + body + b"\r\n"
 
 
 class HttpbinLinesEncoder:
@@ -213,6 +379,72 @@ class ResponseTarget(Protocol):
     def notifyFinish(self) -> Deferred[None]: ...
 
 
+class RawConnection(Protocol):
+    """The connection under a response, for faults that break the protocol."""
+
+    def write_raw(self, data: bytes) -> None:
+        """Put bytes on the wire as they are: no chunked encoding, no gzip."""
+        ...
+
+    def close(self) -> None:
+        """Flush what was written, then close the connection."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Stall:
+    """Send nothing for ``seconds`` (None: for good), the connection open."""
+
+    seconds: float | None = None
+    kind: ClassVar[str] = "stall"
+
+
+@dataclasses.dataclass(frozen=True)
+class Drop:
+    """Close the connection mid-body.
+
+    With ``mid``, half of the next record goes out first; then ``raw`` (say,
+    :data:`MALFORMED_CHUNK`) is written past the chunked encoder and gzip.
+    """
+
+    mid: bool = False
+    raw: bytes = b""
+
+    @property
+    def kind(self) -> str:
+        return "malformed" if self.raw else "drop"
+
+
+@dataclasses.dataclass(frozen=True)
+class Inject:
+    """Splice bytes into the body (before gzip), then carry on."""
+
+    data: bytes = BAD_LENGTH_LINE
+    kind: ClassVar[str] = "bad_length"
+
+
+Fault = Stall | Drop | Inject
+
+# At one position: what carries on first, what ends the connection last.
+_FAULT_ORDER = {Inject: 0, Stall: 1, Drop: 2}
+
+
+class _RequestConnection:
+    """:class:`RawConnection` for a twisted.web request on TCP."""
+
+    def __init__(self, request: Request) -> None:
+        # Kept now: the request forgets its channel once it is finished.
+        self._channel: Any = request.channel
+
+    def write_raw(self, data: bytes) -> None:
+        self._channel.transport.write(data)
+
+    def close(self) -> None:
+        # The channel's loseConnection unregisters it as the transport's
+        # producer first, so the flush cannot turn into a resume instead.
+        self._channel.loseConnection()
+
+
 @implementer(IPushProducer)
 class RecordStreamProducer:
     """Streams an encoder's records into a request under TCP flow control.
@@ -222,6 +454,12 @@ class RecordStreamProducer:
     With ``rate == 0`` it writes until the transport pauses it (the transport
     calls ``pauseProducing`` from inside ``write`` when its buffer is full);
     with ``rate > 0`` a timer writes the records that are due.
+
+    ``preamble`` goes out before the first record.  ``faults`` are
+    ``(position, fault)`` pairs: a fault happens once exactly ``position``
+    records of this response have been written (and before the next one is
+    generated); reaching ``limit`` at the same position ends the response
+    cleanly instead.  A :class:`Drop` needs ``connection``.
     """
 
     def __init__(
@@ -237,9 +475,16 @@ class RecordStreamProducer:
         chunk: int = DEFAULT_CHUNK,
         keepalive: float = 0.0,
         gzip: bool = False,
+        preamble: bytes = b"",
+        faults: Sequence[tuple[int, Fault]] = (),
+        connection: RawConnection | None = None,
     ) -> None:
         if chunk < 1:
             raise ValueError("chunk must be >= 1")
+        if any(position < 0 for position, _ in faults):
+            raise ValueError("fault positions must be >= 0")
+        if connection is None and any(isinstance(f, Drop) for _, f in faults):
+            raise ValueError("a drop needs a connection")
         self._request = request
         self._encoder = encoder
         self._stats = stats
@@ -255,9 +500,9 @@ class RecordStreamProducer:
         record_bytes = max(1, encoder.record_bytes)
         self._batch = max(1, BATCH_BYTES // record_bytes)
         self._pump_records = max(1, MAX_PUMP_BYTES // record_bytes)
-        self._buf = b""  # generated bytes not yet written, from _pos on
+        self._buf = preamble  # generated bytes not yet written, from _pos on
         self._pos = 0
-        self._generated = 0  # stream offset of the end of everything generated
+        self._generated = len(preamble)  # stream offset of the end of all generated
         self._sent = 0  # stream offset of the end of everything written
         self._marks: deque[tuple[int, int]] = deque()  # (batch end, records)
         self._emitted = 0  # records generated so far
@@ -266,6 +511,14 @@ class RecordStreamProducer:
         self._paused = False
         self._done = False
         self._call: IDelayedCall | None = None
+        self._faults: deque[tuple[int, Fault]] = deque(
+            sorted(faults, key=lambda f: (f[0], _FAULT_ORDER[type(f[1])]))
+        )
+        self._connection = connection
+        self._stalled = False
+        self._stalled_at = 0.0
+        self._stall_call: IDelayedCall | None = None
+        self._wrote = False  # anything written to the request yet
 
     def start(self) -> None:
         """Register on the request and write the first batch."""
@@ -276,6 +529,10 @@ class RecordStreamProducer:
         self._request.registerProducer(self, True)
         self._request.notifyFinish().addErrback(self._lost)
         self._pump()
+        if not (self._wrote or self._done):
+            # Nothing to send yet (a stall at 0): the headers go out anyway,
+            # as a real stream's do, so the client sees a silent body.
+            self._request.write(b"")
 
     # IPushProducer
 
@@ -303,14 +560,23 @@ class RecordStreamProducer:
     # internals
 
     def _more(self) -> bool:
+        """The stream is not over (``limit`` not reached)."""
         return self._left is None or self._left > 0
 
-    def _generate(self, count: int) -> bytes:
+    def _quota(self, count: int) -> int:
+        """How many of ``count`` records may be generated before a stop point."""
         if self._left is not None:
             count = min(count, self._left)
-            self._left -= count
+        if self._faults:
+            count = min(count, self._faults[0][0] - self._emitted)
+        return count
+
+    def _generate(self, count: int) -> bytes:
+        count = self._quota(count)
         if count <= 0:
             return b""
+        if self._left is not None:
+            self._left -= count
         data = self._encoder.encode(self._next_id, count)
         self._next_id += count
         self._emitted += count
@@ -331,7 +597,7 @@ class RecordStreamProducer:
             return buf[pos : pos + size]
         parts = [buf[pos:]] if avail else []
         need = size - avail
-        while generate and self._more():
+        while generate and self._quota(1) > 0:
             data = self._generate(self._batch)
             if len(data) >= need:
                 parts.append(data[:need])
@@ -352,6 +618,7 @@ class RecordStreamProducer:
         self._emit(piece)
 
     def _emit(self, data: bytes) -> None:
+        self._wrote = True
         if self._compressor is not None:
             # A sync flush per write lets the client decode as data arrives.
             data = self._compressor.compress(data) + self._compressor.flush(
@@ -368,7 +635,7 @@ class RecordStreamProducer:
             self._t0 += (due - max_backlog) / rate
             due = max_backlog
         count = min(due, self._pump_records)
-        if count > 0 and self._more():
+        if count > 0 and self._quota(1) > 0:
             data = self._generate(count)
             self._buf = self._buf[self._pos :] + data
             self._pos = 0
@@ -377,7 +644,7 @@ class RecordStreamProducer:
     def _pump(self) -> None:
         """Write until paused, finished, or this reactor turn's quota is used."""
         self._call = None
-        if self._done or self._paused:
+        if self._done or self._paused or self._stalled:
             return
         fast = self._rate <= 0
         now = 0.0
@@ -400,6 +667,9 @@ class RecordStreamProducer:
         if not self._more():
             self._finish()
             return
+        if self._faults and self._faults[0][0] <= self._emitted:
+            self._fault(self._faults.popleft()[1])
+            return
         # Only rate mode gets here: the buffer is empty, wait for the next due.
         if writes:
             self._last_activity = now
@@ -421,6 +691,41 @@ class RecordStreamProducer:
         if self._keepalive > 0:
             delay = min(delay, self._last_activity + self._keepalive - now)
         return max(delay, RATE_TICK)
+
+    def _fault(self, fault: Fault) -> None:
+        """Everything before the fault is written: carry it out."""
+        self._stats.note_fault(fault.kind)
+        if isinstance(fault, Inject):
+            self._stats.bytes_written += len(fault.data)
+            self._emit(fault.data)
+            if not (self._paused or self._done):
+                self._call = self._clock.callLater(0, self._pump)
+        elif isinstance(fault, Stall):
+            self._stalled = True
+            self._stalled_at = self._clock.seconds()
+            if fault.seconds is not None:
+                self._stall_call = self._clock.callLater(fault.seconds, self._end_stall)
+        else:
+            connection = self._connection
+            assert connection is not None  # checked in __init__
+            if fault.mid:
+                record = self._encoder.encode(self._next_id, 1)
+                half = record[: max(1, len(record) // 2)]
+                self._stats.bytes_written += len(half)
+                self._emit(half)
+            self._close()
+            if fault.raw:
+                connection.write_raw(fault.raw)
+            connection.close()
+
+    def _end_stall(self) -> None:
+        self._stall_call = None
+        self._stalled = False
+        now = self._clock.seconds()
+        # Rate mode carries on at its pace instead of catching up on the stall.
+        self._t0 += now - self._stalled_at
+        self._last_activity = now
+        self._pump()
 
     def _finish(self) -> None:
         tail = self._compressor.flush() if self._compressor is not None else b""
@@ -449,6 +754,11 @@ class RecordStreamProducer:
             self._paused = False
             self._stats.paused_now -= 1
         self._cancel_call()
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
+        self._stalled = False
         self._buf, self._pos = b"", 0
         self._marks.clear()
 
@@ -517,6 +827,23 @@ def _bool_option(
     return value
 
 
+def _optional_int(
+    args: Mapping[bytes, Sequence[bytes]],
+    name: bytes,
+    low: int = 0,
+    high: int | None = None,
+) -> int | None:
+    if _single(args, name) is None:
+        return None
+    return _int_option(args, name, 0, low, high)
+
+
+def _optional_float(args: Mapping[bytes, Sequence[bytes]], name: bytes) -> float | None:
+    if _single(args, name) is None:
+        return None
+    return _float_option(args, name, 0.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class FirehoseOptions:
     """The query options of ``GET /firehose``; see :meth:`from_args`."""
@@ -529,23 +856,65 @@ class FirehoseOptions:
     keepalive: float = 0.0
     crlf: bool = False
     gzip: bool = False
+    format: str = "lines"
+    retry: int | None = None
+    drop_after: int | None = None
+    drop_mid: bool = False
+    drop_every: int | None = None
+    stall_after: int | None = None
+    stall_for: float | None = None
+    malformed: bool = False
+    bad_length_after: int | None = None
+    status: int | None = None
+    retry_after: int | None = None
+    fail_times: int | None = None
 
     NAMES = frozenset(
-        [b"count", b"size", b"start", b"rate", b"chunk", b"keepalive", b"crlf", b"gzip"]
+        [
+            b"count",
+            b"size",
+            b"start",
+            b"rate",
+            b"chunk",
+            b"keepalive",
+            b"crlf",
+            b"gzip",
+            b"format",
+            b"retry",
+            b"drop_after",
+            b"drop_mid",
+            b"drop_every",
+            b"stall_after",
+            b"stall_for",
+            b"malformed",
+            b"bad_length_after",
+            b"status",
+            b"retry_after",
+            b"fail_times",
+        ]
     )
 
     @classmethod
     def from_args(cls, args: Mapping[bytes, Sequence[bytes]]) -> FirehoseOptions:
         """Parse ``request.args`` strictly, so a typo fails loudly with a 400.
 
-        Raises :class:`OptionError` for unknown names, repeated names and
-        values that are not in range.
+        Raises :class:`OptionError` for unknown names, repeated names, values
+        that are not in range, and options that make no sense without another
+        (``retry`` without ``format=sse``, ``stall_for`` without
+        ``stall_after``, ``fail_times`` without a fault, ...).
         """
         unknown = sorted(name for name in args if name not in cls.NAMES)
         if unknown:
             shown = unknown[0].decode("utf-8", "replace")
             raise OptionError(f"unknown option {shown!r}")
-        return cls(
+        raw_format = _single(args, b"format")
+        wire = "lines" if raw_format is None else raw_format.decode("latin-1")
+        if wire not in FORMATS:
+            raise OptionError(f"format must be one of: {', '.join(FORMATS)}")
+        status = _optional_int(args, b"status", high=999)
+        if status is not None and status != 204 and not 300 <= status <= 599:
+            raise OptionError("status must be 204 or 300..599")
+        options = cls(
             count=_int_option(args, b"count", 0),
             size=_int_option(args, b"size", DEFAULT_SIZE, high=MAX_SIZE),
             start=_int_option(args, b"start", 0),
@@ -554,7 +923,99 @@ class FirehoseOptions:
             keepalive=_float_option(args, b"keepalive", 0.0),
             crlf=_bool_option(args, b"crlf", False),
             gzip=_bool_option(args, b"gzip", False),
+            format=wire,
+            retry=_optional_int(args, b"retry"),
+            drop_after=_optional_int(args, b"drop_after"),
+            drop_mid=_bool_option(args, b"drop_mid", False),
+            drop_every=_optional_int(args, b"drop_every", low=1),
+            stall_after=_optional_int(args, b"stall_after"),
+            stall_for=_optional_float(args, b"stall_for"),
+            malformed=_bool_option(args, b"malformed", False),
+            bad_length_after=_optional_int(args, b"bad_length_after"),
+            status=status,
+            retry_after=_optional_int(args, b"retry_after"),
+            fail_times=_optional_int(args, b"fail_times"),
         )
+        options._check_combinations()
+        return options
+
+    def _check_combinations(self) -> None:
+        needs = [
+            (self.retry is not None, self.format == "sse", "retry needs format=sse"),
+            (self.crlf, self.format != "length", "crlf does not apply to length"),
+            (
+                self.bad_length_after is not None,
+                self.format == "length",
+                "bad_length_after needs format=length",
+            ),
+            (
+                self.drop_mid,
+                self.drop_after is not None or self.drop_every is not None,
+                "drop_mid needs drop_after or drop_every",
+            ),
+            (
+                self.malformed,
+                self.drop_after is not None or self.drop_every is not None,
+                "malformed needs drop_after or drop_every",
+            ),
+            (
+                self.stall_for is not None,
+                self.stall_after is not None,
+                "stall_for needs stall_after",
+            ),
+            (
+                self.retry_after is not None,
+                self.status is not None,
+                "retry_after needs status",
+            ),
+            (
+                self.fail_times is not None,
+                self.has_faults,
+                "fail_times needs a fault option",
+            ),
+        ]
+        for given, required, message in needs:
+            if given and not required:
+                raise OptionError(message)
+
+    @property
+    def has_faults(self) -> bool:
+        return self.status is not None or any(
+            value is not None
+            for value in (
+                self.drop_after,
+                self.drop_every,
+                self.stall_after,
+                self.bad_length_after,
+            )
+        )
+
+    def faults(self, first_id: int) -> list[tuple[int, Fault]]:
+        """The stream faults of a response whose first record is ``first_id``."""
+        faults: list[tuple[int, Fault]] = []
+        if self.stall_after is not None:
+            faults.append((self.stall_after, Stall(self.stall_for)))
+        drop = Drop(self.drop_mid, MALFORMED_CHUNK if self.malformed else b"")
+        if self.drop_after is not None:
+            faults.append((self.drop_after, drop))
+        if self.drop_every is not None:
+            every = self.drop_every
+            faults.append((every - (first_id - self.start) % every, drop))
+        if self.bad_length_after is not None:
+            faults.append((self.bad_length_after, Inject()))
+        return faults
+
+    def encoder(self) -> RecordEncoder:
+        eol = b"\r\n" if self.crlf else b"\n"
+        if self.format == "sse":
+            return SSEEncoder(self.size, eol)
+        if self.format == "length":
+            return LengthEncoder(self.size)
+        return JsonLinesEncoder(self.size, eol)
+
+    @property
+    def content_type(self) -> bytes:
+        return b"text/event-stream" if self.format == "sse" else b"application/json"
 
 
 def _set_header(request: Request, name: bytes, value: bytes) -> None:
@@ -585,7 +1046,7 @@ class _Resource(Resource):
 
 
 class FirehoseResource(_Resource):
-    """``GET /firehose``: sized, numbered records under flow control."""
+    """``GET /firehose``: sized, numbered records under flow control, and faults."""
 
     isLeaf = True
 
@@ -593,43 +1054,79 @@ class FirehoseResource(_Resource):
         super().__init__()
         self._stats = stats
         self._clock = clock
+        # Requests seen per path and query, for fail_times.
+        self._tries: dict[bytes, int] = {}
 
-    def _prepare(self, request: Request) -> FirehoseOptions | bytes:
+    def _options(self, request: Request) -> FirehoseOptions | bytes:
         if _leaf_path(request):
             return _plain(request, 404, "no such resource")
         try:
-            options = FirehoseOptions.from_args(request.args or {})
+            return FirehoseOptions.from_args(request.args or {})
         except OptionError as e:
             return _plain(request, 400, f"bad request: {e}")
-        _set_header(request, b"content-type", b"application/json")
+
+    def _set_stream_headers(self, request: Request, options: FirehoseOptions) -> None:
+        _set_header(request, b"content-type", options.content_type)
+        if options.format == "sse":
+            _set_header(request, b"cache-control", b"no-cache")
         if options.gzip:
             _set_header(request, b"content-encoding", b"gzip")
-        return options
 
     def render_GET(self, request: Request) -> bytes | int:
         """Start a producer; the response ends when ``count`` is reached."""
-        options = self._prepare(request)
+        raw_id = request.getHeader(b"last-event-id")
+        last_id = None if raw_id is None else raw_id.decode("latin-1")
+        self._stats.note_request(self._clock.seconds(), last_id)
+        options = self._options(request)
         if isinstance(options, bytes):
             return options
-        encoder = JsonLinesEncoder(options.size, b"\r\n" if options.crlf else b"\n")
+        first_id = options.start
+        if options.format == "sse" and last_id:
+            if not _INT.fullmatch(last_id.encode("latin-1")) or len(last_id) > 18:
+                return _plain(request, 400, "bad request: bad Last-Event-ID")
+            first_id = max(first_id, int(last_id) + 1)
+        uri = request.uri or b""
+        tries = self._tries[uri] = self._tries.get(uri, 0) + 1
+        faulty = options.fail_times is None or tries <= options.fail_times
+        if faulty and options.status is not None:
+            self._stats.note_fault("status")
+            return _error_answer(request, options.status, options.retry_after)
+        limit: int | None = None
+        if options.count:
+            limit = options.start + options.count - first_id
+            if limit <= 0:
+                # Resumed past the end: the event-stream way to say "stop".
+                request.setResponseCode(204)
+                return b""
+        self._set_stream_headers(request, options)
+        encoder = options.encoder()
+        preamble = b""
+        if isinstance(encoder, SSEEncoder) and options.retry is not None:
+            preamble = encoder.retry_field(options.retry)
         RecordStreamProducer(
             request,
             encoder,
             self._stats,
             self._clock,
-            first_id=options.start,
-            limit=options.count or None,
+            first_id=first_id,
+            limit=limit,
             rate=options.rate,
             chunk=options.chunk,
             keepalive=options.keepalive,
             gzip=options.gzip,
+            preamble=preamble,
+            faults=options.faults(first_id) if faulty else (),
+            connection=_RequestConnection(request),
         ).start()
         return NOT_DONE_YET
 
     def render_HEAD(self, request: Request) -> bytes:
         """Headers only: the default would run an endless stream into nothing."""
-        options = self._prepare(request)
-        return options if isinstance(options, bytes) else b""
+        options = self._options(request)
+        if isinstance(options, bytes):
+            return options
+        self._set_stream_headers(request, options)
+        return b""
 
 
 def _echo_args(request: Request) -> dict[str, str | list[str]]:
@@ -696,6 +1193,25 @@ class StreamResource(_Resource):
         return count if isinstance(count, bytes) else b""
 
 
+def _error_answer(
+    request: Request,
+    code: int,
+    retry_after: int | None = None,
+    lines: int = DEFAULT_STATUS_LINES,
+) -> bytes:
+    """Answer ``code`` with a JSON-lines error body (none for 204 and 304)."""
+    request.setResponseCode(code)
+    if retry_after is not None:
+        _set_header(request, b"retry-after", b"%d" % retry_after)
+    if code in (204, 304):
+        return b""
+    phrase = json.dumps(RESPONSES.get(code, b"Error").decode("latin-1"))
+    escaped = phrase.encode("ascii").replace(b"%", b"%%")
+    template = b'{"error":' + escaped + b',"id":%d}\n'
+    _set_header(request, b"content-type", b"application/json")
+    return b"".join([template % i for i in range(lines)])
+
+
 class StatusResource(_Resource):
     """``GET /status/CODE?lines=N``: that status with a JSON-lines error body."""
 
@@ -717,12 +1233,7 @@ class StatusResource(_Resource):
             )
         except OptionError as e:
             return _plain(request, 400, f"bad request: {e}")
-        phrase = json.dumps(RESPONSES.get(code, b"Error").decode("latin-1"))
-        escaped = phrase.encode("ascii").replace(b"%", b"%%")
-        template = b'{"error":' + escaped + b',"id":%d}\n'
-        request.setResponseCode(code)
-        _set_header(request, b"content-type", b"application/json")
-        return b"".join([template % i for i in range(lines)])
+        return _error_answer(request, code, lines=lines)
 
 
 class StatsResource(_Resource):
@@ -744,6 +1255,10 @@ class StatsResource(_Resource):
 _INDEX = """tidehunter-firehose: a local HTTP stream emulator
 GET /stream/N
 GET /firehose?count=&size=&start=&rate=&chunk=&keepalive=&crlf=1&gzip=1
+    &format=lines|sse|length&retry=MS (sse; Last-Event-ID resumes)
+    faults: &drop_after=N&drop_mid=1 &drop_every=N &stall_after=N&stall_for=S
+    &malformed=1 (with a drop) &bad_length_after=N &status=CODE&retry_after=S
+    &fail_times=K (faults for the first K requests only)
 GET /status/CODE?lines=N
 GET /stats"""
 

@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    succeed,
+)
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -336,7 +342,7 @@ class HunterService(Service):
         settled.addTimeout(self.settle_timeout, reactor)
         try:
             await settled
-        except TimeoutError:
+        except DeferredTimeoutError:
             kept = gate.spill(self.spill_path)
             log.warn(
                 "tidehunter: Redis did not confirm {records} records; they are "
