@@ -100,11 +100,6 @@ async def test_sse_retry_field_is_a_floor_for_the_reconnect_delay(
     assert "held to SSE retry" in h.status()["last_error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hunter.py Hunter._request_headers: a Last-Event-ID the user passed "
-    "in headers= is sent on every reconnect, never the framer's newer id",
-)
 @pytest_twisted.ensureDeferred
 async def test_a_user_supplied_last_event_id_is_only_the_starting_point(
     firehose: str,
@@ -372,11 +367,6 @@ async def _settle(run: Any) -> None:
     await wait_for(lambda: run.called, timeout=5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hunter.py Hunter._connect_once awaits the error body (_Excerpt) "
-    "with no handle for _stop_now: tide_off() cannot end the run",
-)
 @pytest_twisted.ensureDeferred
 async def test_tide_off_ends_a_run_stuck_reading_an_error_body(
     endless_error: tuple[str, EndlessError],
@@ -393,11 +383,6 @@ async def test_tide_off_ends_a_run_stuck_reading_an_error_body(
         await _settle(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hunter.py Hunter._connect_once: no stall timer (nor any timeout) "
-    "while reading an error body, so a hung error answer is never retried",
-)
 @pytest_twisted.ensureDeferred
 async def test_a_hung_error_body_is_judged_stalled_and_retried(
     endless_error: tuple[str, EndlessError],

@@ -23,6 +23,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgent
@@ -49,6 +50,8 @@ __all__ = [
     "public_url",
     "redact_url",
 ]
+
+log = Logger()
 
 HeadersLike = Mapping[str | bytes, str | bytes | Sequence[str | bytes]]
 
@@ -175,7 +178,11 @@ class _Excerpt(Protocol):
         if len(self.data) >= self.limit:
             return
         self.data += data[: self.limit - len(self.data)]
-        if len(self.data) >= self.limit and self.transport is not None:
+        if len(self.data) >= self.limit:
+            self.hang_up()
+
+    def hang_up(self) -> None:
+        if self.transport is not None and not self.done.called:
             self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -288,6 +295,7 @@ class Hunter:
         self._request: Deferred[_Response] | None = None
         self._protocol: StreamProtocol | None = None
         self._waiting: Deferred[None] | None = None
+        self._excerpt: _Excerpt | None = None
         self._running = False
         self._halted = False
         self._user_paused = False
@@ -466,6 +474,11 @@ class Hunter:
                 cause=None if error is None or status else _one_line(error),
             )
             self.stats.last_error = decision.reason
+            log.info(
+                "tidehunter: {url}: {reason}",
+                url=public_url(self.url),
+                reason=decision.reason,
+            )
             if not decision.retry:
                 raise GaveUp(decision.reason, error)
             await self._wait_to_reconnect(kind, decision.delay)
@@ -500,9 +513,7 @@ class Hunter:
             # The event-stream way of saying "do not reconnect".
             return response, StreamOutcome(Ending.STOPPED)
         if not 200 <= response.code < 300:
-            excerpt = _Excerpt(ERROR_EXCERPT_BYTES)
-            response.deliverBody(excerpt)
-            body = await excerpt.done
+            body = await self._read_error_body(response)
             retry_after = response.headers.getRawHeaders("retry-after")
             raise HTTPStatusError(
                 self.method,
@@ -537,6 +548,26 @@ class Hunter:
             self.backoff.record_arrived()
         return response, outcome
 
+    async def _read_error_body(self, response: _Response) -> bytes:
+        """A bounded excerpt of an error body, never waiting on it forever.
+
+        An error body can hang like any stream: the off switch and the stall
+        (or header) timeout cut it short.
+        """
+        excerpt = _Excerpt(ERROR_EXCERPT_BYTES)
+        self._excerpt = excerpt
+        patience = self.stall_timeout or self.timeout
+        timer = None
+        if patience:
+            timer = self._reactor.callLater(patience, excerpt.hang_up)
+        response.deliverBody(excerpt)
+        try:
+            return await excerpt.done
+        finally:
+            self._excerpt = None
+            if timer is not None and timer.active():
+                timer.cancel()
+
     def _request_headers(self) -> dict[Any, Any]:
         """The user's headers, plus what an event stream needs to resume."""
         headers: dict[Any, Any] = dict(self.headers or {})
@@ -545,8 +576,13 @@ class Hunter:
             if "accept" not in names:
                 headers["Accept"] = ["text/event-stream"]
             last_id = self.framer.last_event_id
-            if last_id and "last-event-id" not in names:
-                headers["Last-Event-ID"] = [last_id]
+            if last_id is not None:
+                # Once the stream has told us where we are, that beats any
+                # Last-Event-ID the caller started from.
+                for name in [n for n in headers if _text(n).lower() == "last-event-id"]:
+                    del headers[name]
+                if last_id:
+                    headers["Last-Event-ID"] = [last_id]
         if self.signer is not None:
             # Signed per request: OAuth1 needs a fresh nonce each time.
             headers = self.signer(self.method, self._request_url, headers, self.data)
@@ -591,6 +627,8 @@ class Hunter:
         self.backoff.record_arrived()
 
     def _stop_now(self, ending: Ending = Ending.STOPPED) -> None:
+        if self._excerpt is not None:
+            self._excerpt.hang_up()
         if self._protocol is not None:
             self._protocol.stop(ending)
         elif self._request is not None:
