@@ -296,6 +296,7 @@ class Hunter:
         self._protocol: StreamProtocol | None = None
         self._waiting: Deferred[None] | None = None
         self._excerpt: _Excerpt | None = None
+        self._sink_failure: Failure | None = None
         self._running = False
         self._halted = False
         self._user_paused = False
@@ -457,6 +458,9 @@ class Hunter:
                         return response
                     kind = FailureKind.ENDED
                 else:
+                    if self._sink_failure is not None:
+                        sink_failure, self._sink_failure = self._sink_failure, None
+                        raise GaveUp("the sink refused records", sink_failure.value)
                     failure = StreamFailed(
                         self.safe_url, self.delivered, outcome.reason
                     )
@@ -615,7 +619,9 @@ class Hunter:
         return self._halted or not self.sc.started or self.sc.limit_reached
 
     def _verdict(self, ending: Ending, reason: Failure | None) -> None:
-        """Redis said the run is over (or refused a batch)."""
+        """Redis said the run is over (or refused a batch: no retry cures that)."""
+        if ending is Ending.FAILED:
+            self._sink_failure = reason
         if self._protocol is not None:
             self._protocol.stop(ending, reason)
         elif ending is not Ending.FAILED:
