@@ -320,3 +320,38 @@ def test_techies_stop_switches_the_daemon_off(
     time.sleep(0.5)
     assert redis_server.command("LLEN", "demo_q") == settled  # nothing after stop
     assert redis_server.hgetall("demo_sc")["state"] == "0"
+
+
+def test_restarted_daemon_resumes_an_event_stream_from_the_stored_id(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    args = (
+        f"{firehose_process}/firehose?format=sse&count=2000&rate=1500&size=60",
+        "--framing",
+        "sse",
+        "--limit",
+        "2000",
+        "--sink",
+        redis_server.url(key="q"),
+        "--counter",
+        redis_server.url(key="sc"),
+    )
+    first = hunt(daemons, tmp_path / "first", *args)
+    wait_until(lambda: (redis_server.command("LLEN", "q") or 0) > 300)
+    first.terminate()
+    assert first.wait(timeout=10) == 0, first.output()
+    stored = redis_server.hgetall("sc")["last_event_id"]
+    assert int(stored) == redis_server.command("LLEN", "q") - 1
+
+    second = hunt(daemons, tmp_path / "second", *args)
+    assert second.wait(timeout=30) == 0, second.output()
+    assert list_ids(redis_server, "q") == list(range(2000))
+    stats = json.loads(_get(f"{firehose_process}/stats"))
+    assert stored in stats["last_event_ids"]
+
+
+def _get(url: str) -> bytes:
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=10) as response:
+        return response.read()  # type: ignore[no-any-return]

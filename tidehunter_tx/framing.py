@@ -281,6 +281,15 @@ class SSEFramer:
         self._feed(data, out, True)
         return out
 
+    def resume_from(self, last_event_id: bytes | None) -> None:
+        """Start as if the event with this id had just been delivered.
+
+        A restarted daemon reads the id a previous run stored and asks the
+        server to go on from there (``Last-Event-ID``).
+        """
+        self.last_event_id = last_event_id
+        self._id = last_event_id
+
     def close(self) -> bytes:
         """The stream ended: forget the unfinished event and line, return them.
 

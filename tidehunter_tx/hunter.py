@@ -279,6 +279,9 @@ class Hunter:
             # A shared counter admits in Redis: deliver through its gate.
             self.sink = self.sc.make_gate(local=self.sink)  # type: ignore[attr-defined]
         if getattr(self.sink, "admits", False):
+            if isinstance(self.framer, SSEFramer):
+                framer = self.framer
+                self.sink.set_event_id_source(lambda: framer.last_event_id)  # type: ignore[attr-defined]
             self.sink.set_verdict_callback(self._verdict)  # type: ignore[attr-defined]
             self.sink.set_admitted_callback(self._admitted)  # type: ignore[attr-defined]
         self.stats = StreamStats()
@@ -409,6 +412,11 @@ class Hunter:
             if self._shared:
                 # Join the run; a limit of 0 leaves the shared limit alone.
                 await self.sc.start(limit or None)  # type: ignore[call-arg, misc]
+                stored = getattr(self.sc, "last_event_id", None)
+                framer = self.framer
+                fresh = isinstance(framer, SSEFramer) and framer.last_event_id is None
+                if fresh and stored:
+                    framer.resume_from(stored)  # type: ignore[attr-defined]
             else:
                 self.sc.limit = limit
                 self.sc.start()

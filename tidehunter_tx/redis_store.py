@@ -54,6 +54,7 @@ ADMIT_AND_PUSH = """
 local counter, target, seen = KEYS[1], KEYS[2], KEYS[3]
 local producer, seq, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local maxlen = tonumber(ARGV[4])
+local event_id = ARGV[5]
 local fields = redis.call('HMGET', counter, 'state', 'count', 'limit')
 local state = fields[1] or '0'
 local count = tonumber(fields[2] or '0')
@@ -68,17 +69,17 @@ if seq <= tonumber(last) then
   return {replay, state, count, limit, 1}
 end
 local records
-if ARGV[5] == 'joined' then
+if ARGV[6] == 'joined' then
   -- One argument, records separated by newlines (none contains one): far
   -- cheaper to send than thousands of arguments.
   records = {}
   local n = 0
-  for record in string.gmatch(ARGV[6], '[^\\n]+') do
+  for record in string.gmatch(ARGV[7], '[^\\n]+') do
     n = n + 1
     records[n] = record
   end
 else
-  records = {unpack(ARGV, 6)}
+  records = {unpack(ARGV, 7)}
 end
 local n = #records
 local admitted = 0
@@ -98,6 +99,11 @@ if state == '1' then
       end
     end
     count = redis.call('HINCRBY', counter, 'count', admitted)
+  end
+  -- Where an event stream stands, stored with the push it belongs to, so a
+  -- restarted hunter resumes exactly after the last event delivered.
+  if event_id ~= '' and admitted == n then
+    redis.call('HSET', counter, 'last_event_id', event_id)
   end
 end
 past = past .. seq .. ':' .. admitted .. ','
@@ -123,7 +129,7 @@ if state ~= '1' then
   redis.call('HSET', KEYS[1], 'count', 0, 'state', 1)
 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[1]) end
-return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit')
+return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit', 'last_event_id')
 """
 
 STOP = """
@@ -245,6 +251,8 @@ class RedisStateCounter:
         self.total = 0
         self.state = 0
         self._limit = 0
+        #: Where an event stream stood when its last batch was pushed.
+        self.last_event_id: bytes | None = None
         self._stop_listeners: list[StopListener] = []
         self._poll = LoopingCall(self.refresh)
         if clock is not None:
@@ -327,7 +335,9 @@ class RedisStateCounter:
             self._notify_stopped()
 
     def _update(self, fields: list[Any]) -> None:
-        state, count, total, limit = (f if f is not None else b"0" for f in fields)
+        if len(fields) > 4:
+            self.last_event_id = fields[4]
+        state, count, total, limit = (f if f is not None else b"0" for f in fields[:4])
         self.total = int(total)
         self.update(state, count, limit)
 
@@ -352,6 +362,7 @@ class RedisStateCounter:
 class _Batch:
     seq: int
     records: list[bytes]
+    event_id: bytes | None = None
 
 
 class RedisGate:
@@ -394,6 +405,9 @@ class RedisGate:
         # Records wait here unnumbered: a batch takes its sequence number when
         # it is sent, so batches queued behind the cap merge into bigger ones.
         self._queued: deque[list[bytes]] = deque()
+        # The event id after each queued record list (SSE streams only).
+        self._queued_ids: deque[bytes | None] = deque()
+        self._event_id_source: Callable[[], bytes | None] | None = None
         self._in_flight: deque[_Batch] = deque()
         self._on_drain: DrainCallback | None = None
         self._on_verdict: Callable[[Ending, Failure | None], None] | None = None
@@ -424,6 +438,8 @@ class RedisGate:
         if self._closing or not records:
             return
         self._queued.append(records)
+        source = self._event_id_source
+        self._queued_ids.append(source() if source is not None else None)
         self._pump()
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
@@ -437,6 +453,10 @@ class RedisGate:
         """Told when Redis says the run is over (limit, switched off, failure)."""
         self._on_verdict = callback
 
+    def set_event_id_source(self, source: Callable[[], bytes | None] | None) -> None:
+        """Where to read an event stream's last id when records are offered."""
+        self._event_id_source = source
+
     def set_admitted_callback(self, callback: Callable[[int], None] | None) -> None:
         self._on_admitted = callback
 
@@ -444,6 +464,7 @@ class RedisGate:
         """Forget batches not yet sent (after a stop they would not be admitted)."""
         dropped = sum(len(records) for records in self._queued)
         self._queued.clear()
+        self._queued_ids.clear()
         return dropped
 
     def settled(self) -> Deferred[None]:
@@ -473,15 +494,19 @@ class RedisGate:
 
     def _pump(self) -> None:
         queued = self._queued
+        ids = self._queued_ids
         while queued and len(self._in_flight) < self.max_in_flight:
-            records = queued.popleft()
+            records, event_id = queued.popleft(), ids.popleft()
             while queued and len(records) + len(queued[0]) <= self.max_batch:
                 records = records + queued.popleft()
+                event_id = ids.popleft()
             if len(records) > self.max_batch:
+                # The id belongs with the end of the list: it stays queued.
                 queued.appendleft(records[self.max_batch :])
-                records = records[: self.max_batch]
+                ids.appendleft(event_id)
+                records, event_id = records[: self.max_batch], None
             self._seq += 1
-            batch = _Batch(self._seq, records)
+            batch = _Batch(self._seq, records, event_id)
             self._in_flight.append(batch)
             self._send(batch)
 
@@ -495,7 +520,14 @@ class RedisGate:
         d = self.connection.eval(
             ADMIT_AND_PUSH,
             keys=[self.counter.key, self.target_key, self.seen_key],
-            args=[self.producer, batch.seq, self.mode, self.maxlen, *packed],
+            args=[
+                self.producer,
+                batch.seq,
+                self.mode,
+                self.maxlen,
+                batch.event_id or b"",
+                *packed,
+            ],
         )
         d.addCallbacks(self._answered, self._failed, (batch,), None, (batch,), None)
 
