@@ -25,7 +25,12 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
 from twisted.web.iweb import IAgent
 
 from .auth import Signer
@@ -42,6 +47,7 @@ from .sinks import (
 
 __all__ = [
     "AlreadyRunning",
+    "ConnectFailed",
     "GaveUp",
     "HTTPStatusError",
     "Hunter",
@@ -52,6 +58,27 @@ __all__ = [
 ]
 
 log = Logger()
+
+USER_AGENT = "tidehunter-tx/0.1.0 (+https://pypi.org/project/tidehunter-tx/)"
+
+
+def load_ca_file(path: str) -> Any:
+    """Trust every certificate in a PEM file (a bundle may hold several).
+
+    Verification stays on; this replaces the system's trust for this feed.
+    """
+    from twisted.internet import ssl
+
+    with open(path, "rb") as file:
+        pem = file.read()
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN" in block]
+    if not blocks:
+        raise ValueError(f"{path} holds no PEM certificate")
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate.loadPEM(block.strip()) for block in blocks]
+    )
+
 
 HeadersLike = Mapping[str | bytes, str | bytes | Sequence[str | bytes]]
 
@@ -150,12 +177,8 @@ def loggable_url(url: str) -> str:
 
 
 def _describe(reason: Failure) -> str:
-    """One line for a failure, looking inside Twisted's wrapper exceptions."""
-    value = reason.value
-    inner = getattr(value, "reasons", None)
-    if inner:
-        return "; ".join(_describe(f) for f in inner if isinstance(f, Failure))
-    return f"{type(value).__name__}: {value}" if str(value) else type(value).__name__
+    """One line for a failure (see :func:`_one_line`)."""
+    return "unknown error" if reason.value is None else _one_line(reason.value)
 
 
 def _text(value: str | bytes) -> str:
@@ -163,7 +186,39 @@ def _text(value: str | bytes) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    """One readable line, looking inside Twisted's list-of-failures wrappers."""
+    inner = getattr(error, "reasons", None)
+    if inner:
+        return (
+            "; ".join(_describe(f) for f in inner if isinstance(f, Failure))
+            or type(error).__name__
+        )
+    module = type(error).__module__
+    if module.startswith(("OpenSSL", "service_identity")):
+        detail = _tls_detail(error)
+        return f"TLS: {detail}"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _tls_detail(error: BaseException) -> str:
+    """'certificate verify failed' rather than a tuple of OpenSSL internals."""
+    args = error.args[0] if error.args else None
+    if isinstance(args, list) and args and isinstance(args[0], tuple):
+        return "; ".join(str(part[-1]) for part in args if part)
+    text = " ".join(str(error).split())
+    if "Mismatch" in text:
+        return f"certificate does not match the host ({text})"
+    return text or type(error).__name__
+
+
+class ConnectFailed(Exception):
+    """No response: refused, DNS, TLS verification, header timeout, ..."""
+
+    def __init__(self, url: str, error: BaseException):
+        self.url = url
+        self.error = error
+        super().__init__(f"{url}: {_one_line(error)}")
 
 
 class _Excerpt(Protocol):
@@ -247,6 +302,7 @@ class Hunter:
         backoff: Backoff | None = None,
         stall_timeout: float | None = None,
         agent: IAgent | None = None,
+        ca_file: str | None = None,
         signer: Signer | None = None,
         reactor: Any = None,
     ) -> None:
@@ -293,7 +349,11 @@ class Hunter:
         self._reactor = reactor
         if agent is None:
             pool = _QuietPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
-            agent = Agent(reactor, pool=pool)
+            if ca_file is not None:
+                policy = BrowserLikePolicyForHTTPS(trustRoot=load_ca_file(ca_file))
+                agent = Agent(reactor, contextFactory=policy, pool=pool)
+            else:
+                agent = Agent(reactor, pool=pool)
         self._client = HTTPClient(agent)
         self._request: Deferred[_Response] | None = None
         self._protocol: StreamProtocol | None = None
@@ -450,10 +510,10 @@ class Hunter:
             except Exception as failed:
                 if self._over():
                     return last_response  # the off switch cancelled the request
-                if not self.reconnect:
-                    raise
-                error = failed
                 kind = classify(error=failed)
+                error = ConnectFailed(self.safe_url, failed)
+                if not self.reconnect:
+                    raise error from failed
             else:
                 if response is None or self._over():
                     return response or last_response
@@ -583,6 +643,9 @@ class Hunter:
     def _request_headers(self) -> dict[Any, Any]:
         """The user's headers, plus what an event stream needs to resume."""
         headers: dict[Any, Any] = dict(self.headers or {})
+        if not any(_text(name).lower() == "user-agent" for name in headers):
+            # Some feeds (Wikimedia) refuse clients that do not say who they are.
+            headers["User-Agent"] = [USER_AGENT]
         if isinstance(self.framer, SSEFramer):
             names = {_text(name).lower() for name in headers}
             if "accept" not in names:

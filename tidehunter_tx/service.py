@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from .auth import AuthError, signer_from_env
 from .control import ControlError, ControlFactory, read_secret_file
 from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS
-from .hunter import GaveUp, Hunter, public_url
+from .hunter import GaveUp, Hunter, load_ca_file, public_url
 from .redis_store import (
     RedisGate,
     RedisSpec,
@@ -241,8 +241,15 @@ class Options(usage.Options):
             self["signer"] = signer_from_env(os.environ)
         except AuthError as error:
             raise usage.UsageError(f"credentials: {error}") from None
-        if self["ca-file"] and not os.path.isfile(self["ca-file"]):
-            raise usage.UsageError(f"--ca-file: no such file {self['ca-file']!r}")
+        if self["ca-file"]:
+            try:
+                load_ca_file(self["ca-file"])
+            except (OSError, ValueError) as error:
+                raise usage.UsageError(f"--ca-file: {error}") from None
+            except Exception as error:  # OpenSSL's own error for a bad PEM
+                raise usage.UsageError(
+                    f"--ca-file: {self['ca-file']} is not a PEM certificate ({error})"
+                ) from None
 
 
 class HunterService(Service):
@@ -431,20 +438,6 @@ def _stop_process(exit_code: int) -> None:
         reactor.stop()
 
 
-def _agent_for(options: Options) -> Any:
-    """An Agent trusting ``--ca-file`` when given (verification stays on)."""
-    if not options["ca-file"]:
-        return None
-    from twisted.internet import reactor, ssl
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-
-    with open(options["ca-file"], "rb") as file:
-        authority = ssl.Certificate.loadPEM(file.read())
-    policy = BrowserLikePolicyForHTTPS(trustRoot=authority)
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    return Agent(reactor, contextFactory=policy, pool=pool)
-
-
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -478,7 +471,7 @@ def makeService(options: Options) -> IService:
         sink=gate if gate is not None else local_sink,
         reconnect=not options["no-reconnect"],
         stall_timeout=options["stall-timeout"],
-        agent=_agent_for(options),
+        ca_file=options["ca-file"],
         signer=options["signer"],
     )
     top = MultiService()
