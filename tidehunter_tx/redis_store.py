@@ -68,33 +68,20 @@ if seq <= tonumber(last) then
   end
   return {replay, state, count, limit, 1}
 end
-local records
-if ARGV[6] == 'joined' then
-  -- One argument, records separated by newlines (none contains one): far
-  -- cheaper to send than thousands of arguments.
-  records = {}
-  local n = 0
-  for record in string.gmatch(ARGV[7], '[^\\n]+') do
-    n = n + 1
-    records[n] = record
-  end
-else
-  records = {unpack(ARGV, 7)}
-end
-local n = #records
+local n = #ARGV - 5
 local admitted = 0
 if state == '1' then
   admitted = n
   if limit > 0 then admitted = math.max(0, math.min(n, limit - count)) end
   if admitted > 0 then
     if mode == 'list' then
-      redis.call('RPUSH', target, unpack(records, 1, admitted))
+      redis.call('RPUSH', target, unpack(ARGV, 6, 5 + admitted))
     elseif mode == 'stream' then
-      for i = 1, admitted do
+      for i = 6, 5 + admitted do
         if maxlen > 0 then
-          redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', 'data', records[i])
+          redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', 'data', ARGV[i])
         else
-          redis.call('XADD', target, '*', 'data', records[i])
+          redis.call('XADD', target, '*', 'data', ARGV[i])
         end
       end
     end
@@ -511,25 +498,27 @@ class RedisGate:
             self._send(batch)
 
     def _send(self, batch: _Batch) -> None:
-        records = batch.records
-        joined = b"\n".join(records)
-        if joined.count(b"\n") == len(records) - 1:
-            packed = ["joined", joined]
-        else:
-            packed = ["args", *records]
-        d = self.connection.eval(
-            ADMIT_AND_PUSH,
-            keys=[self.counter.key, self.target_key, self.seen_key],
-            args=[
-                self.producer,
-                batch.seq,
-                self.mode,
-                self.maxlen,
-                batch.event_id or b"",
-                *packed,
+        head = [
+            self.producer.encode(),
+            b"%d" % batch.seq,
+            self.mode.encode(),
+            b"%d" % self.maxlen,
+            batch.event_id or b"",
+        ]
+        payload = encode_eval(
+            ADMIT_AND_PUSH_BYTES,
+            [
+                self.counter.key.encode(),
+                self.target_key.encode(),
+                self.seen_key.encode(),
             ],
+            head,
+            batch.records,
         )
-        d.addCallbacks(self._answered, self._failed, (batch,), None, (batch,), None)
+        d = execute_encoded(self.connection, payload)
+        d.addCallbacks(
+            self._answered, self._failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
 
     def _answered(self, reply: list[Any], batch: _Batch) -> None:
         admitted, state, count, limit, _replayed = reply
@@ -580,6 +569,43 @@ class RedisGate:
         if self._on_drain is not None and not self.full:
             callback, self._on_drain = self._on_drain, None
             callback()
+
+
+ADMIT_AND_PUSH_BYTES = ADMIT_AND_PUSH.encode()
+
+
+def encode_eval(
+    script: bytes, keys: list[bytes], head: list[bytes], records: list[bytes]
+) -> bytes:
+    """One ``EVAL`` as RESP bytes, built in bulk.
+
+    Encoding thousands of arguments one call at a time (as a client library
+    does) costs more than the push itself; records need no conversion.
+    """
+    count = 3 + len(keys) + len(head) + len(records)
+    parts = [b"*%d\r\n$4\r\nEVAL\r\n" % count]
+    parts += [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in (script, b"%d" % len(keys))]
+    parts += [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in keys]
+    parts += [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in head]
+    parts += [b"$%d\r\n%s\r\n" % (len(record), record) for record in records]
+    return b"".join(parts)
+
+
+def execute_encoded(connection: Any, payload: bytes) -> Deferred[Any]:
+    """Send a pre-encoded command on txredisapi's connection, in order.
+
+    Uses the same connection, the same reply queue and the same waiting for
+    a reconnect as the library's own commands, so order and pipelining hold.
+    """
+    factory = connection._factory
+
+    def send(protocol: Any) -> Deferred[Any]:
+        if not protocol.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        protocol.transport.write(payload)
+        return protocol.replyQueue.get().addCallback(protocol.handle_reply)  # type: ignore[no-any-return]
+
+    return factory.getConnection(peek=True).addCallback(send)  # type: ignore[no-any-return]
 
 
 def close_connection(connection: Any) -> Deferred[Any]:
