@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Counter", "StateCounter"]
+__all__ = ["Counter", "CounterState", "StateCounter"]
 
 StopListener = Callable[[], None]
 
@@ -48,23 +48,18 @@ class Counter(Protocol):
     def remove_stop_listener(self, listener: StopListener) -> None: ...
 
 
-class StateCounter:
-    """In-memory state counter; the gate of the body protocol.
+class CounterState:
+    """What every state counter shares: the switch, the count, the limit.
 
-    ``admit(n)`` is the only way records are counted: it returns how many of
-    ``n`` records may still be delivered (0 when stopped, capped by ``limit``)
-    and counts them at once, so the count can never pass the limit, however
-    the records were chunked.  Listeners added with ``add_stop_listener`` are
-    called synchronously by ``stop()``: that is what makes the off switch
-    instant for a hunter in the same process.
+    Subclasses decide where the truth lives (this process, or a Redis hash
+    whose values these attributes cache).
     """
 
-    def __init__(self, limit: int = 0) -> None:
+    def __init__(self) -> None:
         self.count = 0
         self.total = 0
         self.state = 0
         self._limit = 0
-        self.limit = limit
         self._stop_listeners: list[StopListener] = []
 
     @property
@@ -77,6 +72,10 @@ class StateCounter:
         if value < 0:
             raise ValueError(f"limit must be >= 0, not {value}")
         self._limit = value
+        self._limit_changed(value)
+
+    def _limit_changed(self, value: int) -> None:
+        """A subclass that keeps the limit elsewhere writes it through here."""
 
     @property
     def started(self) -> bool:
@@ -90,6 +89,33 @@ class StateCounter:
     def limit_reached(self) -> bool:
         return self._limit > 0 and self.count >= self._limit
 
+    def add_stop_listener(self, listener: StopListener) -> None:
+        self._stop_listeners.append(listener)
+
+    def remove_stop_listener(self, listener: StopListener) -> None:
+        if listener in self._stop_listeners:
+            self._stop_listeners.remove(listener)
+
+    def _notify_stopped(self) -> None:
+        for listener in list(self._stop_listeners):
+            listener()
+
+
+class StateCounter(CounterState):
+    """In-memory state counter; the gate of the body protocol.
+
+    ``admit(n)`` is the only way records are counted: it returns how many of
+    ``n`` records may still be delivered (0 when stopped, capped by ``limit``)
+    and counts them at once, so the count can never pass the limit, however
+    the records were chunked.  Listeners added with ``add_stop_listener`` are
+    called synchronously by ``stop()``: that is what makes the off switch
+    instant for a hunter in the same process.
+    """
+
+    def __init__(self, limit: int = 0) -> None:
+        super().__init__()
+        self.limit = limit
+
     def start(self) -> None:
         self.total += self.count
         self.count = 0
@@ -101,8 +127,7 @@ class StateCounter:
         self.count = 0
         self.state = 0
         if was_started:
-            for listener in list(self._stop_listeners):
-                listener()
+            self._notify_stopped()
 
     def admit(self, wanted: int) -> int:
         """Count and return how many of ``wanted`` records may be delivered."""
@@ -134,10 +159,3 @@ class StateCounter:
 
     def get_total(self) -> int:
         return self.total
-
-    def add_stop_listener(self, listener: StopListener) -> None:
-        self._stop_listeners.append(listener)
-
-    def remove_stop_listener(self, listener: StopListener) -> None:
-        if listener in self._stop_listeners:
-            self._stop_listeners.remove(listener)

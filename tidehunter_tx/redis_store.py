@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .counter import StopListener
+from .counter import CounterState
 from .protocol import Ending
 from .sinks import DrainCallback, Sink
 
@@ -213,7 +213,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisStateCounter:
+class RedisStateCounter(CounterState):
     """The techies state counter hash, shared by every hunter that names it.
 
     ``count``/``total``/``state``/``limit`` are a cache, refreshed by every
@@ -232,43 +232,20 @@ class RedisStateCounter:
         poll_interval: float = 0.25,
         clock: Any = None,
     ) -> None:
+        super().__init__()
         self.connection = connection
         self.key = key
-        self.count = 0
-        self.total = 0
-        self.state = 0
-        self._limit = 0
         #: Where an event stream stood when its last batch was pushed.
         self.last_event_id: bytes | None = None
-        self._stop_listeners: list[StopListener] = []
         self._poll = LoopingCall(self.refresh)
         if clock is not None:
             self._poll.clock = clock
         self._poll_interval = poll_interval
         self._watching = False
 
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    @limit.setter
-    def limit(self, value: int) -> None:
-        if value < 0:
-            raise ValueError(f"limit must be >= 0, not {value}")
-        self._limit = value
+    def _limit_changed(self, value: int) -> None:
+        """The limit lives in the hash, for every hunter sharing it."""
         self.connection.hset(self.key, "limit", value).addErrback(self._log_error)
-
-    @property
-    def started(self) -> bool:
-        return self.state == 1
-
-    @property
-    def stopped(self) -> bool:
-        return not self.started
-
-    @property
-    def limit_reached(self) -> bool:
-        return self._limit > 0 and self.count >= self._limit
 
     def start(self, limit: int | None = None) -> Deferred[None]:
         """Switch on (or join a run already on), then watch for a stop."""
@@ -305,13 +282,6 @@ class RedisStateCounter:
         if self._poll.running:
             self._poll.stop()
 
-    def add_stop_listener(self, listener: StopListener) -> None:
-        self._stop_listeners.append(listener)
-
-    def remove_stop_listener(self, listener: StopListener) -> None:
-        if listener in self._stop_listeners:
-            self._stop_listeners.remove(listener)
-
     def update(self, state: Any, count: Any, limit: Any) -> None:
         """Take what a script reply says about the counter."""
         was_started = self.started
@@ -332,10 +302,6 @@ class RedisStateCounter:
         if not self._watching:
             self._watching = True
             self._poll.start(self._poll_interval, now=False)
-
-    def _notify_stopped(self) -> None:
-        for listener in list(self._stop_listeners):
-            listener()
 
     def _log_error(self, failure: Failure) -> None:
         log.failure("tidehunter: Redis counter command failed", failure)
