@@ -35,8 +35,9 @@ check: $(VENV)/.installed
 	$(BIN)/ruff format --check tidehunter_tx twisted tests benchmarks
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed redis-server
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/redis_throughput.py
 
 # Starts the emulator on a free port, runs the daemon with a limit, shows the
 # records (stdout) and the counts (the daemon's log, on stderr), stops the emulator.
