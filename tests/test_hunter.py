@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -274,3 +275,24 @@ async def test_gzip_stream_pauses_and_resumes(firehose):
     got = [await h.q.get() for _ in range(3000)]
     await run
     assert ids(got) == list(range(3000))
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_ask_for_gzip_and_say_who_they_are(firehose):
+    h = Hunter(f"{firehose}/stream/1")
+    await h.tide_on()
+    headers = json.loads(h.q.pending[0])["headers"]
+    assert headers["Accept-Encoding"] == "gzip"
+    assert headers["User-Agent"].startswith("tidehunter-tx/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_credentials_in_the_url_become_basic_auth(firehose):
+    base = firehose.replace("http://", "http://ann:s%40cret@")
+    h = Hunter(f"{base}/stream/1")
+    await h.tide_on()
+    headers = json.loads(h.q.pending[0])["headers"]
+    assert (
+        headers["Authorization"] == "Basic " + base64.b64encode(b"ann:s@cret").decode()
+    )
+    assert "cret" not in json.dumps(h.status())
