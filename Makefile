@@ -52,7 +52,7 @@ demo: $(VENV)/.installed
 	echo "== twistd -n --pidfile= tidehunter --url '$$url' --limit $(DEMO_LIMIT)"; \
 	echo "== records (stdout):"; \
 	rc=0; $(BIN)/twistd -n --pidfile= tidehunter --url "$$url" --limit $(DEMO_LIMIT) \
-	  2> $$tmp/daemon.log || rc=$$?; \
+	  --control unix:$$tmp/th.sock:mode=600 2> $$tmp/daemon.log || rc=$$?; \
 	echo "== counts (from the daemon's log, which went to stderr):"; \
 	sed -n 's/^.*tidehunter: /   /p' $$tmp/daemon.log; \
 	echo "== daemon exit code: $$rc"; \
