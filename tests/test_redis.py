@@ -8,8 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from redis_support import RedisServer, Techies
-from support import Daemon
+from support import Daemon, sleep, wait_for
+
+from tidehunter_tx import Hunter
+from tidehunter_tx.redis_store import (
+    RedisGate,
+    RedisStateCounter,
+    connect,
+    parse_redis_spec,
+)
 
 
 @pytest.fixture
@@ -355,3 +364,69 @@ def _get(url: str) -> bytes:
 
     with urlopen(url, timeout=10) as response:
         return response.read()  # type: ignore[no-any-return]
+
+
+@pytest_twisted.ensureDeferred
+async def test_halt_ends_a_run_whose_redis_never_answers(firehose):
+    from redis_support import free_port
+
+    spec = parse_redis_spec(f"redis://127.0.0.1:{free_port()}/0?key=sc")
+    connection = connect(spec)
+    counter = RedisStateCounter(connection, spec.key)
+    h = Hunter(f"{firehose}/firehose?size=60", sc=counter)
+    run = h.tide_on(limit=10)
+    await sleep(0.3)  # Redis is away: the start is waiting
+    started = time.monotonic()
+    h.halt()
+    await run
+    assert time.monotonic() - started < 1.0
+    counter.close()
+    connection._factory.stopTrying()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_limit_reached_elsewhere_ends_a_quiet_hunter(
+    firehose, redis_server
+):
+    spec = parse_redis_spec(redis_server.url(key="sc"))
+    target = parse_redis_spec(redis_server.url(key="q"))
+    hunters, connections = [], []
+    for url in (f"{firehose}/firehose?size=60", f"{firehose}/firehose?rate=1&size=60"):
+        connection = connect(spec)
+        connections.append(connection)
+        counter = RedisStateCounter(connection, spec.key)
+        gate = RedisGate(counter, target=target)
+        hunters.append(Hunter(url, sc=counter, sink=gate))
+    busy, quiet = hunters
+    quiet_run = quiet.tide_on(limit=100)
+    await wait_for(lambda: quiet.sc.started)
+    await busy.tide_on(limit=100)
+    started = time.monotonic()
+    await quiet_run
+    assert time.monotonic() - started < 1.5
+    assert redis_server.command("LLEN", "q") == 100
+    for hunter, connection in zip(hunters, connections, strict=True):
+        hunter.sc.close()  # type: ignore[attr-defined]
+        await connection.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_counter_with_a_slow_local_queue_keeps_flowing(
+    firehose, redis_server
+):
+    spec = parse_redis_spec(redis_server.url(key="sc"))
+    connection = connect(spec)
+    counter = RedisStateCounter(connection, spec.key)
+    h = Hunter(
+        f"{firehose}/firehose?size=60", sc=counter, high_watermark=50, low_watermark=10
+    )
+    run = h.tide_on(limit=3000)
+    got = []
+    while len(got) < 3000:
+        got.append(await h.q.get())
+        if len(got) % 200 == 0:
+            await sleep(0.01)  # a consumer slower than the stream
+    await run
+    assert [json.loads(r)["id"] for r in got] == list(range(3000))
+    counter.close()
+    await connection.disconnect()

@@ -8,7 +8,6 @@ stream), and ``tide_off()`` ends the run at once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -143,11 +142,6 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(query="", fragment=""))
 
 
-_SECRET_QUERY_KEY = re.compile(
-    r"key|token|secret|pass|auth|sig|session|credential|access", re.IGNORECASE
-)
-
-
 def redact_url(url: str) -> str:
     """Drop the user:password part of a URL (it becomes basic auth)."""
     parts = urlsplit(url)
@@ -161,10 +155,10 @@ def redact_url(url: str) -> str:
 
 
 def loggable_url(url: str) -> str:
-    """The URL for log lines and errors: no credentials, no secret-looking values.
+    """The URL for log lines and errors: no credentials, no query values.
 
-    Feeds take API keys in the query (``?api_key=...``); the names stay, so a
-    log still says which parameters were sent.
+    Feeds take API keys in the query (``?api_key=...``, ``?code=...``) under
+    any name; the names stay, so a log still says which parameters were sent.
     """
     parts = urlsplit(redact_url(url))
     if not parts.query:
@@ -172,7 +166,7 @@ def loggable_url(url: str) -> str:
     pairs = []
     for pair in parts.query.split("&"):
         name, sep, _ = pair.partition("=")
-        pairs.append(f"{name}=***" if sep and _SECRET_QUERY_KEY.search(name) else pair)
+        pairs.append(f"{name}=***" if sep else pair)
     return urlunsplit(parts._replace(query="&".join(pairs)))
 
 
@@ -359,6 +353,7 @@ class Hunter:
         self._protocol: StreamProtocol | None = None
         self._waiting: Deferred[None] | None = None
         self._excerpt: _Excerpt | None = None
+        self._starting: Deferred[Any] | None = None
         self._sink_failure: Failure | None = None
         self._running = False
         self._halted = False
@@ -471,7 +466,15 @@ class Hunter:
         try:
             if self._shared:
                 # Join the run; a limit of 0 leaves the shared limit alone.
-                await self.sc.start(limit or None)  # type: ignore[call-arg, misc]
+                start: Any = self.sc.start
+                starting: Deferred[Any] = start(limit or None)
+                self._starting = starting
+                try:
+                    await starting
+                except CancelledError:
+                    return None  # halted or switched off before Redis answered
+                finally:
+                    self._starting = None
                 stored = getattr(self.sc, "last_event_id", None)
                 framer = self.framer
                 fresh = isinstance(framer, SSEFramer) and framer.last_event_id is None
@@ -493,7 +496,7 @@ class Hunter:
 
     async def _stream_until_done(self) -> _Response | None:
         last_response: _Response | None = None
-        while True:
+        while not self._over():
             error: BaseException | None = None
             retry_after: str | None = None
             status: int | None = None
@@ -554,8 +557,7 @@ class Hunter:
             if not decision.retry:
                 raise GaveUp(decision.reason, error)
             await self._wait_to_reconnect(kind, decision.delay)
-            if self._over():
-                return last_response
+        return last_response
 
     async def _connect_once(self) -> tuple[_Response | None, StreamOutcome]:
         """One request and, for a 2xx answer, its whole body."""
@@ -704,6 +706,8 @@ class Hunter:
         self.backoff.record_arrived()
 
     def _stop_now(self, ending: Ending = Ending.STOPPED) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
         if self._excerpt is not None:
             self._excerpt.hang_up()
         if self._protocol is not None:

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -213,6 +213,10 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class RedisUnavailable(Exception):
+    """The shared counter could not be reached when a run started."""
+
+
 class RedisStateCounter(CounterState):
     """The techies state counter hash, shared by every hunter that names it.
 
@@ -235,6 +239,7 @@ class RedisStateCounter(CounterState):
         super().__init__()
         self.connection = connection
         self.key = key
+        self.start_timeout = 15.0
         #: Where an event stream stood when its last batch was pushed.
         self.last_event_id: bytes | None = None
         self._poll = LoopingCall(self.refresh)
@@ -248,14 +253,29 @@ class RedisStateCounter(CounterState):
         self.connection.hset(self.key, "limit", value).addErrback(self._log_error)
 
     def start(self, limit: int | None = None) -> Deferred[None]:
-        """Switch on (or join a run already on), then watch for a stop."""
+        """Switch on (or join a run already on), then watch for a stop.
+
+        Fails with a clear error when Redis does not answer in time (down, or
+        refusing the password) rather than leaving the hunter waiting.
+        """
+        from twisted.internet import reactor
+
         if limit is not None:
             self._limit = limit
         arg = "" if limit is None else str(limit)
         d = self.connection.eval(START, keys=[self.key], args=[arg])
+        d.addTimeout(self.start_timeout, reactor, onTimeoutCancel=self._no_answer)
         d.addCallback(self._update)
         d.addCallback(lambda _: self._watch())
         return d  # type: ignore[no-any-return]
+
+    def _no_answer(self, result: Any, timeout: float) -> Any:
+        if isinstance(result, Failure) and result.check(CancelledError):
+            raise RedisUnavailable(
+                f"Redis counter {self.key!r} did not answer within {timeout:g} s "
+                "(is Redis up, and is the password right?)"
+            )
+        return result
 
     def stop(self) -> Deferred[None]:
         """Switch every hunter sharing this counter off."""
@@ -284,11 +304,13 @@ class RedisStateCounter(CounterState):
 
     def update(self, state: Any, count: Any, limit: Any) -> None:
         """Take what a script reply says about the counter."""
-        was_started = self.started
+        was_over = self.stopped or self.limit_reached
         self.state = 1 if _text(state) == "1" else 0
         self.count = int(count)
         self._limit = int(limit)
-        if was_started and not self.started:
+        # Switched off, or the shared limit reached by another hunter: either
+        # way every hunter sharing the counter must end, quiet streams too.
+        if not was_over and (self.stopped or self.limit_reached):
             self._notify_stopped()
 
     def _update(self, fields: list[Any]) -> None:
@@ -532,9 +554,14 @@ class RedisGate:
         self._maybe_drained()
 
     def _maybe_drained(self) -> None:
-        if self._on_drain is not None and not self.full:
+        if self._on_drain is None:
+            return
+        if not self.full:
             callback, self._on_drain = self._on_drain, None
             callback()
+        elif self.local is not None and self.local.full:
+            # Answers filled the local sink: wait for it, not for Redis.
+            self.local.set_drain_callback(self._maybe_drained)
 
 
 ADMIT_AND_PUSH_BYTES = ADMIT_AND_PUSH.encode()

@@ -232,6 +232,9 @@ class Options(usage.Options):
             except ControlError as error:
                 raise usage.UsageError(f"--control-secret-file: {error}") from None
         control = self["control"]
+        if control.startswith("unix:") and ":mode=" not in control:
+            # Twisted's default is 0666: anyone on the machine could steer us.
+            self["control"] = control = f"{control}:mode=600"
         if not control.startswith("unix:") and self["secret"] is None:
             raise usage.UsageError(
                 f"--control {control}: a control endpoint other than a Unix socket "
