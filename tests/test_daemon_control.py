@@ -217,3 +217,47 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_a_reader_that_stops_reading_stdout_does_not_freeze_the_daemon(
+    firehose_process, tmp_path
+):
+    import subprocess
+
+    from support import CTL, TWISTD
+
+    control = f"unix:{tmp_path / 'th.sock'}:mode=600"
+    reader_in, daemon_out = os.pipe()  # nobody ever reads reader_in
+    daemon = subprocess.Popen(
+        [
+            *TWISTD,
+            *("tidehunter", "--url", f"{firehose_process}/firehose?size=200"),
+            *("--control", control),
+        ],
+        cwd=tmp_path,
+        stdout=daemon_out,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(daemon_out)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            status = subprocess.run(
+                [CTL, "--control", control, "status"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if status.returncode == 0 and json.loads(status.stdout)["pauses"] >= 1:
+                break
+            assert time.monotonic() < deadline, status.stderr
+            time.sleep(0.1)
+        # The pipe is full and the stream paused, yet control still answers.
+        stop = subprocess.run(
+            [CTL, "--control", control, "stop"], capture_output=True, timeout=10
+        )
+        assert stop.returncode == 0
+        assert daemon.wait(timeout=10) == 0
+    finally:
+        daemon.kill()
+        os.close(reader_in)

@@ -40,7 +40,7 @@ from .redis_store import (
     connect,
     parse_redis_spec,
 )
-from .sinks import FileSink
+from .sinks import FileSink, PipeSink
 
 __all__ = [
     "DEFAULT_CONTROL",
@@ -74,10 +74,10 @@ def _number(name: str, kind: type, minimum: float, strict: bool = False) -> Any:
     return coerce
 
 
-def parse_sink(spec: str) -> FileSink:
+def parse_sink(spec: str) -> FileSink | PipeSink:
     """Build the local sink a ``--sink`` spec names (``stdout`` or ``file:PATH``)."""
     if spec == "stdout":
-        return FileSink.stdout()
+        return PipeSink.stdout()
     return FileSink.open(spec[len("file:") :])
 
 
@@ -266,7 +266,7 @@ class HunterService(Service):
         hunter: Hunter,
         limit: int,
         *,
-        local_sink: FileSink | None = None,
+        local_sink: FileSink | PipeSink | None = None,
         gate: RedisGate | None = None,
         counter: RedisStateCounter | None = None,
         connection: Any = None,
@@ -332,7 +332,7 @@ class HunterService(Service):
             if self.counter is not None:
                 self.counter.close()
             if self.local_sink is not None:
-                self.local_sink.close()
+                await self._close_local(self.local_sink)
             self._report()
             if self.connection is not None:
                 await close_connection(self.connection)
@@ -344,6 +344,19 @@ class HunterService(Service):
                 self._finished.callback(None)
             if self.running:
                 _stop_process(self.exit_code)
+
+    async def _close_local(self, sink: FileSink | PipeSink) -> None:
+        """Flush the sink; a reader that never reads again does not hold us."""
+        from twisted.internet import reactor
+
+        closing = sink.close()
+        if closing is None:
+            return
+        closing.addTimeout(self.settle_timeout, reactor)
+        try:
+            await closing
+        except DeferredTimeoutError:
+            log.warn("tidehunter: the reader of the records stopped reading")
 
     async def _settle_or_spill(self, gate: RedisGate) -> None:
         from twisted.internet import reactor

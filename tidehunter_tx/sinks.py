@@ -9,20 +9,27 @@ body protocol.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredQueue, QueueOverflow, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.error import ConnectionDone
+from twisted.internet.fdesc import setNonBlocking, writeToFD
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = [
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_LOW_WATERMARK",
     "FileSink",
+    "PipeSink",
     "QueueSink",
     "RecordQueue",
     "Sink",
@@ -244,20 +251,6 @@ class FileSink:
     def open(cls, path: str) -> FileSink:
         return cls(open(path, "ab"))
 
-    @classmethod
-    def stdout(cls) -> FileSink:
-        """Records on standard output, and nothing else.
-
-        The process's file descriptor 1 is pointed at standard error, so
-        whatever else writes to "stdout" (twistd's log with ``-n``, a stray
-        print) lands there; the records keep a private copy of the original
-        descriptor.
-        """
-        sys.stdout.flush()
-        records_fd = os.dup(1)
-        os.dup2(2, 1)
-        return cls(os.fdopen(records_fd, "wb"))
-
     def put(self, records: list[bytes]) -> None:
         self._file.write(b"\n".join(records) + b"\n")
         self._file.flush()
@@ -271,3 +264,105 @@ class FileSink:
         self._file.flush()
         if self._close_file:
             self._file.close()
+
+
+def claim_stdout() -> int:
+    """A private copy of standard output for records, and nothing else on it.
+
+    The process's file descriptor 1 is pointed at standard error, so whatever
+    else writes to "stdout" (twistd's log with ``-n``, a stray print) lands
+    there; the records keep the original descriptor.
+    """
+    sys.stdout.flush()
+    records_fd = os.dup(1)
+    os.dup2(2, 1)
+    return records_fd
+
+
+class _FdWriter(FileDescriptor):
+    """Non-blocking writes to a pipe or terminal, buffered by the reactor."""
+
+    def __init__(self, fd: int, reactor: Any, lost: Callable[[Failure], None]) -> None:
+        super().__init__(reactor)
+        self._fd = fd
+        self._lost = lost
+        setNonBlocking(fd)
+        self.connected = 1
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def writeSomeData(self, data: bytes) -> Any:
+        return writeToFD(self._fd, data)
+
+    def doRead(self) -> None:
+        """Write-only."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._lost(reason)
+
+
+@implementer(IPushProducer)
+class PipeSink:
+    """Records, one per line, to a pipe such as standard output.
+
+    A slow reader (``twistd ... | slow-program``) must not block the reactor,
+    or control commands and SIGTERM would wait on it too: writes are buffered
+    and the sink is ``full`` while the pipe is, which pauses the HTTP stream.
+    """
+
+    def __init__(self, fd: int, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.closed: Deferred[None] = Deferred()
+        self.broken: Failure | None = None
+        self._paused = False
+        self._on_drain: DrainCallback | None = None
+        self._writer = _FdWriter(fd, reactor, self._writer_lost)
+        self._writer.registerProducer(self, True)
+
+    @classmethod
+    def stdout(cls, reactor: Any = None) -> PipeSink:
+        return cls(claim_stdout(), reactor)
+
+    @property
+    def full(self) -> bool:
+        return self._paused
+
+    def put(self, records: list[bytes]) -> None:
+        if self.broken is None:
+            self._writer.write(b"\n".join(records) + b"\n")
+
+    def set_drain_callback(self, callback: DrainCallback | None) -> None:
+        self._on_drain = callback
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        callback, self._on_drain = self._on_drain, None
+        if callback is not None:
+            callback()
+
+    def stopProducing(self) -> None:
+        """The reader went away; connectionLost says so."""
+
+    def close(self) -> Deferred[None]:
+        """Flush what is buffered, then close; fires when done."""
+        if not self.closed.called:
+            self._writer.unregisterProducer()
+            self._writer.loseConnection()  # type: ignore[no-untyped-call]
+        return self.closed
+
+    def _writer_lost(self, reason: Failure) -> None:
+        if not reason.check(ConnectionDone):
+            self.broken = reason
+        self._paused = False
+        if not self.closed.called:
+            self.closed.callback(None)
