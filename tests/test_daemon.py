@@ -96,10 +96,13 @@ def test_fatal_status_ends_the_daemon_even_with_reconnects(firehose_process, tmp
         (["--max-record-bytes", "0"], "--max-record-bytes"),
         (["--header", "no colon"], "--header"),
         ([], "--url"),
+        (["--url", "http://127.0.0.1:99999/"], "--url"),
     ],
 )
 def test_bad_option_is_a_usage_error_naming_it(args, named):
-    url = [] if named == "--url" else ["--url", "http://127.0.0.1:9/"]
+    url = (
+        [] if named == "--url" or "--url" in args else ["--url", "http://127.0.0.1:9/"]
+    )
     result = twistd("tidehunter", *url, *args)
     assert result.returncode != 0
     assert named in result.stderr + result.stdout

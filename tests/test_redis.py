@@ -262,9 +262,9 @@ def test_sigterm_during_outage_spills_what_redis_never_confirmed(
     daemon.terminate()
     assert daemon.wait(timeout=20) == 0, daemon.output()
     assert str(spill) in daemon.output()
-    spilled = [
-        json.loads(json.loads(line))["id"] for line in spill.read_text().splitlines()
-    ]
+    entries = [json.loads(line) for line in spill.read_text().splitlines()]
+    assert {entry["key"] for entry in entries} == {"q"}
+    spilled = [json.loads(entry["data"])["id"] for entry in entries]
     assert spilled
     durable_redis.restart()
     pushed = list_ids(durable_redis, "q")

@@ -156,7 +156,8 @@ class HunterController:
         return self.hunter.status()
 
     def stop(self) -> Deferred[int]:
-        self.hunter.tide_off()
+        # This hunter only: a shared counter stays on for the others.
+        self.hunter.halt()
         if self.run is None or self.run.called:
             return succeed(self.hunter.delivered)
         finished: Deferred[int] = Deferred()

@@ -457,6 +457,7 @@ class Hunter:
             "connected_since": stats.connected_since,
             "last_record_at": stats.last_record_at,
             "last_error": stats.last_error,
+            "dropped": int(getattr(self.sink, "dropped", 0)),
         }
 
     async def _run(self, limit: int) -> _Response | None:

@@ -189,6 +189,15 @@ def parse_redis_spec(spec: str) -> RedisSpec:
     )
 
 
+def redis_password(spec: RedisSpec) -> str | None:
+    """The password: from the spec, else ``TIDEHUNTER_REDIS_PASSWORD``.
+
+    A password in a ``--sink``/``--counter`` spec is visible to every user
+    through ``ps``; the environment variable keeps it off the command line.
+    """
+    return spec.password or os.environ.get("TIDEHUNTER_REDIS_PASSWORD") or None
+
+
 def connect(spec: RedisSpec) -> Any:
     """A lazy, reconnecting connection: commands wait while Redis is away.
 
@@ -199,7 +208,7 @@ def connect(spec: RedisSpec) -> Any:
         host=spec.host,
         port=spec.port,
         dbid=spec.db,
-        password=spec.password,
+        password=redis_password(spec),
         charset=None,
         convertNumbers=False,
         reconnect=True,
@@ -389,6 +398,8 @@ class RedisGate:
         self._on_admitted: Callable[[int], None] | None = None
         self._closing = False
         self._idle: list[Deferred[None]] = []
+        #: Records read but never offered to Redis because the run was over.
+        self.dropped = 0
 
     # -- the Sink side
 
@@ -436,10 +447,14 @@ class RedisGate:
         self._on_admitted = callback
 
     def drop_queued(self) -> int:
-        """Forget batches not yet sent (after a stop they would not be admitted)."""
+        """Forget batches not yet sent (after a stop they would not be admitted).
+
+        Counted in ``dropped`` (and so in Status): never a silent loss.
+        """
         dropped = sum(len(records) for records in self._queued)
         self._queued.clear()
         self._queued_ids.clear()
+        self.dropped += dropped
         return dropped
 
     def settled(self) -> Deferred[None]:
@@ -450,20 +465,40 @@ class RedisGate:
         self._idle.append(waiting)
         return waiting
 
-    def spill(self, path: str) -> int:
-        """Write every unconfirmed record to ``path`` (JSON lines); never drop."""
-        records = [record for batch in self._in_flight for record in batch.records]
-        records += [record for queued in self._queued for record in queued]
-        if not records:
-            return 0
+    def spill(self, path: str) -> tuple[int, int]:
+        """Write every unconfirmed record to ``path`` (JSON lines); never drop.
+
+        One object per record: ``data``, the ``key`` it was for, and whether it
+        was ``sent`` (Redis may have applied it before the outage; ``producer``
+        and ``seq`` identify its batch, which the admit-and-push script would
+        recognise if re-sent) or never sent.  Returns (sent, unsent) counts.
+        """
+        lines = []
+        for batch in self._in_flight:
+            for record in batch.records:
+                lines.append(self._spill_line(record, batch.seq))
+        sent = len(lines)
+        for queued in self._queued:
+            for record in queued:
+                lines.append(self._spill_line(record, None))
+        if not lines:
+            return 0, 0
         with open(path, "a", encoding="utf-8") as spill:
-            for record in records:
-                spill.write(json.dumps(record.decode("utf-8", "surrogateescape")))
-                spill.write("\n")
+            spill.writelines(lines)
             spill.flush()
             os.fsync(spill.fileno())
         self._closing = True
-        return len(records)
+        return sent, len(lines) - sent
+
+    def _spill_line(self, record: bytes, seq: int | None) -> str:
+        entry: dict[str, Any] = {
+            "key": self.target_key,
+            "data": record.decode("utf-8", "surrogateescape"),
+            "sent": seq is not None,
+        }
+        if seq is not None:
+            entry.update(producer=self.producer, seq=seq)
+        return json.dumps(entry) + "\n"
 
     # -- talking to Redis
 

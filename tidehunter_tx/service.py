@@ -13,6 +13,7 @@ import signal
 import sys
 import uuid
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -198,6 +199,12 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["url"]:
             raise usage.UsageError("--url is required")
+        try:
+            _ = urlsplit(self["url"]).port  # raises for a port out of range
+        except ValueError:
+            raise usage.UsageError(
+                f"--url has a bad port: {public_url(self['url'])!r}"
+            ) from None
         if not self["url"].startswith(("http://", "https://")):
             shown = public_url(self["url"])
             raise usage.UsageError(
@@ -366,11 +373,15 @@ class HunterService(Service):
         try:
             await settled
         except DeferredTimeoutError:
-            kept = gate.spill(self.spill_path)
+            sent, unsent = gate.spill(self.spill_path)
             log.warn(
-                "tidehunter: Redis did not confirm {records} records; they are "
-                "in {path} (one JSON string per line), not lost",
-                records=kept,
+                "tidehunter: Redis did not confirm {total} records; they are in "
+                "{path} (JSON lines), not lost: {unsent} never sent, {sent} sent "
+                "before the outage (Redis may hold those too; each carries its "
+                "producer and seq)",
+                total=sent + unsent,
+                sent=sent,
+                unsent=unsent,
                 path=os.path.abspath(self.spill_path),
             )
 
