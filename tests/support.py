@@ -47,6 +47,24 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    """Split ``data`` at the given points (taken modulo its length + 1)."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, start = [], 0
+    for point in [*points, len(data)]:
+        pieces.append(data[start:point])
+        start = point
+    return pieces
+
+
+def feed_all(framer: Any, chunks: list[bytes]) -> list[bytes]:
+    """Every record a framer returns for these chunks, in order."""
+    out: list[bytes] = []
+    for chunk in chunks:
+        out.extend(framer.feed(chunk))
+    return out
+
+
 BIN = Path(sys.executable).parent
 #: The console scripts a user runs, from the same environment as the tests.
 TWISTD = [str(BIN / "twistd"), "-n", "--pidfile="]

@@ -7,6 +7,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import cut, feed_all
 
 from tidehunter_tx.framing import LineFramer, make_framer
 
@@ -20,22 +21,6 @@ item = st.one_of(
     st.tuples(st.just("record"), payload, st.sampled_from([b"\n", b"\r\n"])),
     st.tuples(st.just("keepalive"), st.just(b""), st.sampled_from([b"\n", b"\r\n"])),
 )
-
-
-def feed_all(framer: LineFramer, chunks: list[bytes]) -> list[bytes]:
-    out: list[bytes] = []
-    for chunk in chunks:
-        out.extend(framer.feed(chunk))
-    return out
-
-
-def cut(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, start = [], 0
-    for point in [*points, len(data)]:
-        pieces.append(data[start:point])
-        start = point
-    return pieces
 
 
 @settings(max_examples=400, deadline=None)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import cut, feed_all
 
 from tidehunter_tx.framing import (
     FRAMINGS,
@@ -24,15 +25,6 @@ from tidehunter_tx.framing import (
 )
 
 BOM = b"\xef\xbb\xbf"
-
-
-def cut(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, start = [], 0
-    for point in [*points, len(data)]:
-        pieces.append(data[start:point])
-        start = point
-    return pieces
 
 
 def bytewise(data: bytes) -> list[bytes]:
@@ -99,13 +91,6 @@ def feed_events(framer: SSEFramer, chunks: list[bytes]) -> list[SSEEvent]:
     out: list[SSEEvent] = []
     for chunk in chunks:
         out.extend(framer.feed_events(chunk))
-    return out
-
-
-def feed_all(framer: SSEFramer | LengthFramer, chunks: list[bytes]) -> list[bytes]:
-    out: list[bytes] = []
-    for chunk in chunks:
-        out.extend(framer.feed(chunk))
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import cut
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -48,15 +49,6 @@ def make(limit: int, high: int = 10_000, low: int = 2_500):
     transport = StubTransport()
     protocol.makeConnection(transport)  # type: ignore[arg-type]
     return protocol, transport, q, counter
-
-
-def cut(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, start = [], 0
-    for point in [*points, len(data)]:
-        pieces.append(data[start:point])
-        start = point
-    return pieces
 
 
 @settings(max_examples=300, deadline=None)
