@@ -39,6 +39,12 @@ class FramingError(ValueError):
         self.records: list[bytes] = records if records is not None else []
 
 
+def _checked_max(max_record_bytes: int) -> int:
+    if max_record_bytes < 1:
+        raise ValueError(f"max_record_bytes must be >= 1, not {max_record_bytes}")
+    return max_record_bytes
+
+
 class Framer(Protocol):
     """What the body protocol needs from any framer."""
 
@@ -65,9 +71,7 @@ class LineFramer:
     __slots__ = ("_max", "_partial", "_skipping", "keepalives", "skipped")
 
     def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
-        if max_record_bytes < 1:
-            raise ValueError(f"max_record_bytes must be >= 1, not {max_record_bytes}")
-        self._max = max_record_bytes
+        self._max = _checked_max(max_record_bytes)
         self._partial = bytearray()
         # True while discarding the rest of an oversize record up to its newline.
         self._skipping = False
@@ -239,9 +243,7 @@ class SSEFramer:
     )
 
     def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
-        if max_record_bytes < 1:
-            raise ValueError(f"max_record_bytes must be >= 1, not {max_record_bytes}")
-        self._max = max_record_bytes
+        self._max = _checked_max(max_record_bytes)
         self._line_max = max_record_bytes + _LINE_SLACK
         self.keepalives = 0
         self.skipped = 0
@@ -507,9 +509,7 @@ class LengthFramer:
     )
 
     def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
-        if max_record_bytes < 1:
-            raise ValueError(f"max_record_bytes must be >= 1, not {max_record_bytes}")
-        self._max = max_record_bytes
+        self._max = _checked_max(max_record_bytes)
         self._line = bytearray()  # the start of a length line
         self._payload = bytearray()  # the start of a payload
         self._need = 0  # payload bytes still to come

@@ -410,12 +410,6 @@ class RedisGate:
             self.local is not None and self.local.full
         )
 
-    @property
-    def unacknowledged(self) -> int:
-        """Records read but not yet confirmed by Redis."""
-        sent = sum(len(batch.records) for batch in self._in_flight)
-        return sent + sum(len(records) for records in self._queued)
-
     def put(self, records: list[bytes]) -> None:
         self.offer(records)
 

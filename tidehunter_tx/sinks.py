@@ -27,7 +27,6 @@ from zope.interface import implementer
 
 __all__ = [
     "DEFAULT_HIGH_WATERMARK",
-    "DEFAULT_LOW_WATERMARK",
     "FileSink",
     "PipeSink",
     "QueueSink",
@@ -38,7 +37,6 @@ __all__ = [
 _T = TypeVar("_T")
 
 DEFAULT_HIGH_WATERMARK = 10_000
-DEFAULT_LOW_WATERMARK = 2_500
 
 DrainCallback = Callable[[], None]
 
@@ -243,9 +241,8 @@ class FileSink:
 
     full = False
 
-    def __init__(self, file: BinaryIO, *, close_file: bool = True) -> None:
+    def __init__(self, file: BinaryIO) -> None:
         self._file = file
-        self._close_file = close_file
 
     @classmethod
     def open(cls, path: str) -> FileSink:
@@ -261,9 +258,7 @@ class FileSink:
     def close(self) -> None:
         if self._file.closed:
             return
-        self._file.flush()
-        if self._close_file:
-            self._file.close()
+        self._file.close()
 
 
 def claim_stdout() -> int:
