@@ -16,6 +16,7 @@ from twisted.web.client import ResponseDone
 from tidehunter_tx import (
     Ending,
     LineFramer,
+    LocalGate,
     QueueSink,
     RecordQueue,
     StateCounter,
@@ -44,7 +45,10 @@ def make(limit: int, high: int = 10_000, low: int = 2_500):
     counter = StateCounter(limit)
     counter.start()
     protocol = StreamProtocol(
-        LineFramer(), counter, QueueSink(q, high, low), StreamStats(), Clock()
+        LineFramer(),
+        LocalGate(counter, QueueSink(q, high, low)),
+        StreamStats(),
+        Clock(),
     )
     transport = StubTransport()
     protocol.makeConnection(transport)  # type: ignore[arg-type]
@@ -135,7 +139,11 @@ def test_silence_past_the_stall_timeout_ends_as_stalled():
     counter = StateCounter()
     counter.start()
     protocol = StreamProtocol(
-        LineFramer(), counter, QueueSink(q), StreamStats(), clock, stall_timeout=1.0
+        LineFramer(),
+        LocalGate(counter, QueueSink(q)),
+        StreamStats(),
+        clock,
+        stall_timeout=1.0,
     )
     transport = StubTransport()
     protocol.makeConnection(transport)  # type: ignore[arg-type]
@@ -155,8 +163,7 @@ def test_a_pause_of_our_own_is_never_a_stall():
     counter.start()
     protocol = StreamProtocol(
         LineFramer(),
-        counter,
-        QueueSink(RecordQueue()),
+        LocalGate(counter, QueueSink(RecordQueue())),
         StreamStats(),
         clock,
         stall_timeout=1.0,

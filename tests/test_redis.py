@@ -13,7 +13,7 @@ from redis_support import RedisServer, Techies
 from support import Daemon, sleep, wait_for
 
 from tidehunter_tx import Hunter
-from tidehunter_tx.redis_store import (
+from tidehunter_tx.redis import (
     RedisGate,
     RedisStateCounter,
     connect,
@@ -396,7 +396,7 @@ async def test_shared_limit_reached_elsewhere_ends_a_quiet_hunter(
         connections.append(connection)
         counter = RedisStateCounter(connection, spec.key)
         gate = RedisGate(counter, target=target)
-        hunters.append(Hunter(url, sc=counter, sink=gate))
+        hunters.append(Hunter(url, gate=gate))
     busy, quiet = hunters
     quiet_run = quiet.tide_on(limit=100)
     await wait_for(lambda: quiet.sc.started)

@@ -7,7 +7,7 @@ import re
 import pytest
 from test_daemon import twistd
 
-from tidehunter_tx.redis_store import RedisSpec, parse_redis_spec
+from tidehunter_tx.redis import RedisSpec, parse_redis_spec
 
 
 @pytest.mark.parametrize(

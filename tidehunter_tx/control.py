@@ -18,11 +18,14 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from ._reactor import or_global_reactor
 from .hunter import Hunter
+from .status import STATUS_FIELDS, StatusField
 
 __all__ = [
     "Authenticate",
@@ -65,30 +68,21 @@ _LOST = Failure(ConnectionDone())
 _AUTH_ERRORS: dict[type[Exception], bytes] = {NotAuthenticated: b"NOT_AUTHENTICATED"}
 
 
+def _amp_argument(field: StatusField) -> amp.Argument:
+    kinds: dict[type, type[amp.Argument]] = {
+        int: amp.Integer,
+        float: amp.Float,
+        str: amp.Unicode,
+        dict: amp.Unicode,  # a JSON object
+    }
+    return kinds[field.kind](optional=field.optional)
+
+
 class Status(amp.Command):
-    """The hunter's state and counters; never a credential."""
+    """The hunter's state and counters (``STATUS_FIELDS``); never a credential."""
 
     arguments = []
-    response = [
-        (b"state", amp.Unicode()),
-        (b"url", amp.Unicode()),
-        (b"count", amp.Integer()),
-        (b"total", amp.Integer()),
-        (b"limit", amp.Integer()),
-        (b"bytes", amp.Integer()),
-        (b"records", amp.Integer()),
-        (b"keepalives", amp.Integer()),
-        (b"skipped", amp.Integer()),
-        (b"truncated", amp.Integer()),
-        (b"pauses", amp.Integer()),
-        (b"reconnects", amp.Integer()),
-        (b"reconnects_by_cause", amp.Unicode()),  # a JSON object
-        (b"stalls", amp.Integer()),
-        (b"backoff", amp.Float()),
-        (b"connected_since", amp.Float(optional=True)),
-        (b"last_record_at", amp.Float(optional=True)),
-        (b"last_error", amp.Unicode(optional=True)),
-    ]
+    response = [(field.name.encode(), _amp_argument(field)) for field in STATUS_FIELDS]
     errors = _AUTH_ERRORS
 
 
@@ -187,8 +181,14 @@ def _pass_through(action: Callable[[], None]) -> Callable[[Any], Any]:
 class ControlProtocol(amp.AMP):
     """One control connection."""
 
-    def __init__(self, controller: Controller, secret: bytes | None) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        secret: bytes | None,
+        reactor: IReactorTime | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self._reactor: IReactorTime = or_global_reactor(reactor)
         self._controller = controller
         self._secret = secret
         self._authenticated = secret is None
@@ -211,9 +211,7 @@ class ControlProtocol(amp.AMP):
             self._authenticated = True
             return {}
         # Let the error answer go out first, then hang up.
-        from twisted.internet import reactor
-
-        reactor.callLater(0, self._hang_up)
+        self._reactor.callLater(0, self._hang_up)
         raise BadSecret("wrong secret")
 
     def _hang_up(self) -> None:
@@ -224,10 +222,10 @@ class ControlProtocol(amp.AMP):
     def status(self) -> dict[str, Any]:
         self._require_auth()
         status = dict(self._controller.status())
-        status["reconnects_by_cause"] = json.dumps(
-            status.get("reconnects_by_cause", {})
-        )
-        return {name.decode(): status[name.decode()] for name, _ in Status.response}
+        for field in STATUS_FIELDS:
+            if field.kind is dict:
+                status[field.name] = json.dumps(status[field.name])
+        return {field.name: status[field.name] for field in STATUS_FIELDS}
 
     @Stop.responder
     def stop(self) -> Deferred[dict[str, int]]:
@@ -261,13 +259,19 @@ class ControlFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, controller: Controller, secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        secret: bytes | None = None,
+        reactor: IReactorTime | None = None,
+    ) -> None:
         self.controller = controller
         self.secret = secret
+        self.reactor = reactor
         self.connections: set[ControlProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
-        protocol = ControlProtocol(self.controller, self.secret)
+        protocol = ControlProtocol(self.controller, self.secret, self.reactor)
         protocol.factory = self
         self.connections.add(protocol)
         protocol.closed.addCallback(lambda _: self.connections.discard(protocol))
@@ -364,11 +368,7 @@ class ControlClient:
         reactor: Any = None,
     ) -> ControlClient:
         """Connect (server-form endpoint strings accepted) and authenticate."""
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        target = clientFromString(reactor, client_endpoint(endpoint))
+        target = clientFromString(or_global_reactor(reactor), client_endpoint(endpoint))
         protocol = _ClientAMP()  # type: ignore[no-untyped-call]
         try:
             await connectProtocol(target, protocol)
@@ -383,7 +383,9 @@ class ControlClient:
 
     async def status(self) -> dict[str, Any]:
         reply = await self._call(Status)
-        reply["reconnects_by_cause"] = json.loads(reply["reconnects_by_cause"])
+        for field in STATUS_FIELDS:
+            if field.kind is dict:
+                reply[field.name] = json.loads(reply[field.name])
         return reply
 
     async def stop(self) -> int:

@@ -11,7 +11,12 @@ original's ``incr()`` did, silently undoing a consumer's ``stop()``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from .gate import IGate, LocalGate
+
+if TYPE_CHECKING:
+    from .sinks import Sink
 
 __all__ = ["Counter", "CounterState", "StateCounter"]
 
@@ -41,7 +46,9 @@ class Counter(Protocol):
 
     def stop(self) -> object: ...
 
-    def admit(self, wanted: int) -> int: ...
+    def gate(self, sink: Sink) -> IGate:
+        """The admission gate that counts through this counter into ``sink``."""
+        ...
 
     def add_stop_listener(self, listener: StopListener) -> None: ...
 
@@ -128,6 +135,10 @@ class StateCounter(CounterState):
         self.state = 0
         if was_started:
             self._notify_stopped()
+
+    def gate(self, sink: Sink) -> IGate:
+        """Admit through this counter, in this process, into ``sink``."""
+        return LocalGate(self, sink)
 
     def admit(self, wanted: int) -> int:
         """Count and return how many of ``wanted`` records may be delivered."""

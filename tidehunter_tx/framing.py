@@ -57,8 +57,40 @@ class Framer(Protocol):
     def close(self) -> bytes:
         """The stream ended: return the unfinished tail (never a record)."""
 
+    @property
+    def position(self) -> bytes | None:
+        """Where the stream stands after the records fed so far, if it says.
 
-class LineFramer:
+        The resume position a reconnect or a restarted run starts from (an
+        event stream's last event id); ``None`` for formats that carry none.
+        """
+
+    @property
+    def retry_ms(self) -> int | None:
+        """The reconnect delay the stream asked for, if it can ask."""
+
+    def resume_from(self, position: bytes | None) -> None:
+        """Start as if the record at ``position`` had just been delivered."""
+
+
+class _NoPosition:
+    """For formats that carry no resume position and no retry hint."""
+
+    __slots__ = ()
+
+    @property
+    def position(self) -> bytes | None:
+        return None
+
+    @property
+    def retry_ms(self) -> int | None:
+        return None
+
+    def resume_from(self, position: bytes | None) -> None:
+        """Nothing to resume: the format has no positions."""
+
+
+class LineFramer(_NoPosition):
     """Newline-delimited records (JSON lines), ``\\n`` or ``\\r\\n``.
 
     The cost is linear in the bytes fed: a partial record grows a ``bytearray``
@@ -283,6 +315,11 @@ class SSEFramer:
         self._feed(data, out, True)
         return out
 
+    @property
+    def position(self) -> bytes | None:
+        """The last event id: the resume position of an event stream."""
+        return self.last_event_id
+
     def resume_from(self, last_event_id: bytes | None) -> None:
         """Start as if the event with this id had just been delivered.
 
@@ -479,7 +516,7 @@ class SSEFramer:
 _MAX_LENGTH_LINE = 20
 
 
-class LengthFramer:
+class LengthFramer(_NoPosition):
     """Length-prefixed records: Twitter's ``delimited=length``.
 
     Each record is preceded by a line holding its length in bytes as ASCII

@@ -3,23 +3,30 @@
 This is the seed library's ``Hunter`` made asynchronous: ``tide_on(limit)``
 returns a Deferred that fires with the response once the run is over (the
 limit was reached, the counter was switched off, or the server ended the
-stream), and ``tide_off()`` ends the run at once.
+stream), and ``tide_off()`` ends the run at once.  ``records()`` and
+``batches()`` iterate the run's records as they arrive.
+
+A hunter talks to one admission gate (:mod:`tidehunter_tx.gate`) and is its
+listener; its run is the state machine of :mod:`tidehunter_tx._run`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from treq.client import HTTPClient
 from treq.response import _Response
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
+    DeferredList,
     DeferredQueue,
     ensureDeferred,
 )
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -31,18 +38,26 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
+from ._describe import describe, loggable_url, one_line, public_url, redact_url
+from ._reactor import or_global_reactor
+from ._run import BackoffWait, make_run
+from ._version import USER_AGENT
 from .auth import Signer
 from .counter import Counter, StateCounter
 from .framing import DEFAULT_MAX_RECORD_BYTES, Framer, SSEFramer, make_framer
+from .gate import Ending, IGate, IGateListener
 from .policy import Backoff, FailureKind, classify
-from .protocol import PAUSE_USER, Ending, StreamOutcome, StreamProtocol, StreamStats
+from .protocol import StreamOutcome, StreamProtocol, StreamStats
 from .sinks import (
     DEFAULT_HIGH_WATERMARK,
+    DEFAULT_QUEUE_BUDGET_BYTES,
     QueueSink,
     RecordQueue,
     Sink,
 )
+from .status import check_status
 
 __all__ = [
     "AlreadyRunning",
@@ -57,8 +72,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-USER_AGENT = "tidehunter-tx/0.1.0 (+https://pypi.org/project/tidehunter-tx/)"
 
 
 def load_ca_file(path: str) -> Any:
@@ -116,7 +129,7 @@ class StreamFailed(Exception):
         self.url = url
         self.records = records
         self.reason = reason
-        cause = "unknown cause" if reason is None else _describe(reason)
+        cause = "unknown cause" if reason is None else describe(reason)
         super().__init__(f"stream {url} broke after {records} records: {cause}")
 
 
@@ -133,86 +146,13 @@ class GaveUp(Exception):
         super().__init__(reason if error is None else f"{reason}: {error}")
 
 
-def public_url(url: str) -> str:
-    """Scheme, host and path only: safe for status replies and metrics.
-
-    Query strings of real feeds carry API keys as often as not.
-    """
-    parts = urlsplit(redact_url(url))
-    return urlunsplit(parts._replace(query="", fragment=""))
-
-
-def redact_url(url: str) -> str:
-    """Drop the user:password part of a URL (it becomes basic auth)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def loggable_url(url: str) -> str:
-    """The URL for log lines and errors: no credentials, no query values.
-
-    Feeds take API keys in the query (``?api_key=...``, ``?code=...``) under
-    any name; the names stay, so a log still says which parameters were sent.
-    """
-    parts = urlsplit(redact_url(url))
-    if not parts.query:
-        return urlunsplit(parts)
-    pairs = []
-    for pair in parts.query.split("&"):
-        name, sep, _ = pair.partition("=")
-        pairs.append(f"{name}=***" if sep else pair)
-    return urlunsplit(parts._replace(query="&".join(pairs)))
-
-
-def _describe(reason: Failure) -> str:
-    """One line for a failure (see :func:`_one_line`)."""
-    return "unknown error" if reason.value is None else _one_line(reason.value)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
-def _one_line(error: BaseException) -> str:
-    """One readable line, looking inside Twisted's list-of-failures wrappers."""
-    inner = getattr(error, "reasons", None)
-    if inner:
-        return (
-            "; ".join(_describe(f) for f in inner if isinstance(f, Failure))
-            or type(error).__name__
-        )
-    module = type(error).__module__
-    if module.startswith(("OpenSSL", "service_identity")):
-        detail = _tls_detail(error)
-        return f"TLS: {detail}"
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _tls_detail(error: BaseException) -> str:
-    """'certificate verify failed' rather than a tuple of OpenSSL internals."""
-    args = error.args[0] if error.args else None
-    if isinstance(args, list) and args and isinstance(args[0], tuple):
-        return "; ".join(str(part[-1]) for part in args if part)
-    text = " ".join(str(error).split())
-    if "Mismatch" in text:
-        return f"certificate does not match the host ({text})"
-    return text or type(error).__name__
-
-
 class ConnectFailed(Exception):
     """No response: refused, DNS, TLS verification, header timeout, ..."""
 
     def __init__(self, url: str, error: BaseException):
         self.url = url
         self.error = error
-        super().__init__(f"{url}: {_one_line(error)}")
+        super().__init__(f"{url}: {one_line(error)}")
 
 
 class _Excerpt(Protocol):
@@ -249,6 +189,7 @@ class _QuietPool(HTTPConnectionPool):
     _factory = _QuietClientFactory
 
 
+@implementer(IGateListener)
 class Hunter:
     """Streams ``url`` into ``q`` (a ``DeferredQueue`` of ``bytes`` records).
 
@@ -258,13 +199,20 @@ class Hunter:
         when empty.
     :param sc: the state counter (``count``, ``total``, ``started``,
         ``stopped``, ``start()``, ``stop()``); a consumer's ``sc.stop()``
-        ends the run at once.
+        ends the run at once.  Its ``gate(sink)`` decides how records are
+        admitted (in this process, or in Redis for a shared counter).
     :param framing: how records are cut: ``"lines"``, ``"sse"``, ``"length"``.
     :param max_record_bytes: larger records are skipped and counted.
     :param high_watermark: pause reading from the socket when this many
         records wait in the queue; resume at ``low_watermark`` (default: a
-        quarter of the high watermark).
+        quarter of the high watermark).  Left at its default (10,000), a run
+        with a larger limit may queue up to its limit, within
+        ``queue_budget_bytes`` (256 MiB), so that draining ``q`` only after
+        ``tide_on`` fires works as it did in the original.
     :param sink: deliver somewhere other than ``q`` (file, Redis, ...).
+    :param gate: admit through this gate (for example a
+        :class:`~tidehunter_tx.redis.RedisGate` with a Redis sink) instead of
+        ``sc.gate(sink)``; then ``sc`` and ``sink`` must not be given.
     :param timeout: seconds to wait for the response headers.
     :param reconnect: when the stream ends or breaks, connect again as the
         backoff policy says, until the limit is reached or the counter is
@@ -274,6 +222,9 @@ class Hunter:
         :func:`tidehunter_tx.auth.signer_from_env`).
     :param stall_timeout: seconds without a byte (keep-alives count) after
         which the connection is judged dead; ``None`` never judges.
+    :param agent: the ``IAgent`` to request with (then ``ca_file`` cannot be
+        given: configure the agent's TLS yourself).
+    :param reactor: the reactor (time and TCP) to run on.
     """
 
     def __init__(
@@ -288,9 +239,11 @@ class Hunter:
         auth: tuple[str, str] | None = None,
         framing: str = "lines",
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-        high_watermark: int = DEFAULT_HIGH_WATERMARK,
+        high_watermark: int | None = None,
         low_watermark: int | None = None,
+        queue_budget_bytes: int = DEFAULT_QUEUE_BUDGET_BYTES,
         sink: Sink | None = None,
+        gate: IGate | None = None,
         timeout: float | None = 30.0,
         reconnect: bool = False,
         backoff: Backoff | None = None,
@@ -298,12 +251,15 @@ class Hunter:
         agent: IAgent | None = None,
         ca_file: str | None = None,
         signer: Signer | None = None,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
+        if agent is not None and ca_file is not None:
+            raise ValueError(
+                "give either agent or ca_file: a ca_file would not reach your agent"
+            )
+        if gate is not None and (sink is not None or sc not in (None, gate.counter)):
+            raise ValueError("a gate brings its own counter and sink: give gate alone")
+        reactor = or_global_reactor(reactor)
         parts = urlsplit(url)
         if parts.username is not None and auth is None:
             # user:password@host means basic auth (as in requests); the
@@ -312,28 +268,30 @@ class Hunter:
         self.url = url
         self._request_url = redact_url(url)
         self.q: DeferredQueue[bytes] = RecordQueue() if q is None else q
-        self.sc: Counter = StateCounter() if sc is None else sc
         self.method = method.upper()
         self.headers = headers
         self.data = data
         self.auth = auth
         self.framer: Framer = make_framer(framing, max_record_bytes)
-        self.sink: Sink = (
-            sink
-            if sink is not None
-            else QueueSink(self.q, high_watermark, low_watermark, reactor)
-        )
-        if getattr(self.sc, "make_gate", None) and not getattr(
-            self.sink, "admits", False
-        ):
-            # A shared counter admits in Redis: deliver through its gate.
-            self.sink = self.sc.make_gate(local=self.sink)  # type: ignore[attr-defined]
-        if getattr(self.sink, "admits", False):
-            if isinstance(self.framer, SSEFramer):
-                framer = self.framer
-                self.sink.set_event_id_source(lambda: framer.last_event_id)  # type: ignore[attr-defined]
-            self.sink.set_verdict_callback(self._verdict)  # type: ignore[attr-defined]
-            self.sink.set_admitted_callback(self._admitted)  # type: ignore[attr-defined]
+        self._queue_sink: QueueSink | None = None
+        if gate is None:
+            if sink is None:
+                sink = queue_sink = QueueSink(
+                    self.q,
+                    high_watermark or DEFAULT_HIGH_WATERMARK,
+                    low_watermark,
+                    reactor,
+                    budget_bytes=queue_budget_bytes,
+                )
+                if high_watermark is None:
+                    # Only the default watermark makes way for a run's limit:
+                    # a watermark you set is the one you get.
+                    self._queue_sink = queue_sink
+            gate = (StateCounter() if sc is None else sc).gate(sink)
+        self.gate: IGate = gate
+        self.sc: Counter = gate.counter
+        self.sink: Sink | None = sink
+        self.gate.set_listener(self)
         self.stats = StreamStats()
         self.timeout = timeout
         self.reconnect = reconnect
@@ -349,18 +307,12 @@ class Hunter:
             else:
                 agent = Agent(reactor, pool=pool)
         self._client = HTTPClient(agent)
-        self._request: Deferred[_Response] | None = None
-        self._protocol: StreamProtocol | None = None
-        self._waiting: Deferred[None] | None = None
-        self._excerpt: _Excerpt | None = None
-        self._starting: Deferred[Any] | None = None
-        self._sink_failure: Failure | None = None
+        self._run, self._run_core = make_run()
+        self._gate_failure: Failure | None = None
         self._running = False
-        self._halted = False
-        self._user_paused = False
         self._records_before_run = 0
-        self._state = "idle"
-        self._current_delay = 0.0
+        self._dropped_before_run = 0
+        self._run_over: list[Deferred[None]] = []
 
     @property
     def safe_url(self) -> str:
@@ -378,30 +330,29 @@ class Hunter:
 
     @property
     def state(self) -> str:
-        """idle, connecting, streaming, paused, reconnecting or stopped."""
-        if self._state == "streaming" and self._user_paused:
-            return "paused"
-        return self._state
+        """idle, connecting, streaming, paused, backing_off, stopping or stopped."""
+        return self._run_core.shown_state
 
     def tide_on(self, limit: int = 0) -> Deferred[_Response | None]:
         """Start a run; fire with the last response when it is over.
 
         Fires with ``None`` when the run was switched off before any server
         answered.  Without ``reconnect``, fails with :class:`HTTPStatusError`
-        for a non-2xx answer and :class:`StreamFailed` when the connection
-        breaks; with it, fails with :class:`GaveUp` when the policy gives up.
+        for a non-2xx answer, :class:`ConnectFailed` when no answer came and
+        :class:`StreamFailed` when the connection breaks; with it, fails with
+        :class:`GaveUp` when the policy gives up.
         """
         if self._running:
             raise AlreadyRunning(f"a run of {self.safe_url} is already on")
         if limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
         self._running = True
-        return ensureDeferred(self._run(limit))
+        return ensureDeferred(self._run_to_end(limit))
 
     def tide_off(self) -> None:
         """End the run now: switch the counter off and close the connection."""
-        self.sc.stop()
-        self._stop_now()
+        self.gate.stop()
+        self._run.halt(Ending.STOPPED)
 
     def halt(self) -> None:
         """End this hunter's run now, leaving a shared counter on.
@@ -409,8 +360,7 @@ class Hunter:
         ``tide_off()`` is the off switch of every hunter sharing the counter;
         ``halt()`` stops just this one (a daemon's SIGTERM or AMP Stop).
         """
-        self._halted = True
-        self._stop_now()
+        self._run.halt(Ending.STOPPED)
 
     def pause(self) -> None:
         """Stop reading from the socket, keeping the connection and the counts.
@@ -418,82 +368,206 @@ class Hunter:
         The pause holds across reconnects until :meth:`resume`, and a paused
         stream is never judged stalled.
         """
-        self._user_paused = True
-        if self._protocol is not None:
-            self._protocol.pause(PAUSE_USER)
+        self._run.pause()
 
     def resume(self) -> None:
-        self._user_paused = False
-        if self._protocol is not None:
-            self._protocol.resume(PAUSE_USER)
+        self._run.resume()
 
     def set_limit(self, limit: int) -> None:
         """Change the limit of the run that is on; at or below the count, stop."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
-        self.sc.limit = limit
-        if self._running and self.sc.limit_reached:
-            self._stop_now(Ending.LIMIT)
+        self.gate.set_limit(limit)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once every record read has its fate (a Redis gate answers late)."""
+        return self.gate.settled()
+
+    def close(self) -> Deferred[None]:
+        """Flush and release the sink and connections (after the run)."""
+        return self.gate.close()
 
     def status(self) -> dict[str, Any]:
-        """Counters for people and programs; never a credential."""
+        """Counters for people and programs; the fields of ``STATUS_FIELDS``."""
         stats = self.stats
-        return {
-            "state": self.state,
-            "url": public_url(self.url),
-            "count": self.sc.count,
-            "total": self.sc.total,
-            "limit": self.sc.limit,
-            "bytes": stats.bytes,
-            "records": stats.records,
-            "keepalives": self.framer.keepalives,
-            "skipped": self.framer.skipped,
-            "truncated": stats.truncated,
-            "pauses": stats.pauses,
-            "reconnects": stats.reconnects,
-            "reconnects_by_cause": dict(stats.reconnects_by_cause),
-            "stalls": stats.stalls,
-            "backoff": self._current_delay,
-            "connected_since": stats.connected_since,
-            "last_record_at": stats.last_record_at,
-            "last_error": stats.last_error,
-            "dropped": int(getattr(self.sink, "dropped", 0)),
-        }
+        sc = self.sc
+        core = self._run_core
+        return check_status(
+            {
+                "state": core.shown_state,
+                "url": public_url(self.url),
+                "count": sc.count,
+                "total": sc.total,
+                "limit": sc.limit,
+                "bytes": stats.bytes,
+                "records": stats.records,
+                "keepalives": self.framer.keepalives,
+                "skipped": self.framer.skipped,
+                "truncated": stats.truncated,
+                "dropped": self.gate.dropped,
+                "pauses": stats.pauses,
+                "reconnects": stats.reconnects,
+                "reconnects_by_cause": dict(stats.reconnects_by_cause),
+                "stalls": stats.stalls,
+                "backoff": core.backoff,
+                "connected_since": stats.connected_since,
+                "last_record_at": stats.last_record_at,
+                "last_error": stats.last_error,
+            }
+        )
 
-    async def _run(self, limit: int) -> _Response | None:
-        self._halted = False
-        self._records_before_run = self.stats.records
-        self.sc.add_stop_listener(self._stop_now)
-        try:
-            if self._shared:
-                # Join the run; a limit of 0 leaves the shared limit alone.
-                start: Any = self.sc.start
-                starting: Deferred[Any] = start(limit or None)
-                self._starting = starting
-                try:
-                    await starting
-                except CancelledError:
-                    return None  # halted or switched off before Redis answered
-                finally:
-                    self._starting = None
-                stored = getattr(self.sc, "last_event_id", None)
-                framer = self.framer
-                fresh = isinstance(framer, SSEFramer) and framer.last_event_id is None
-                if fresh and stored:
-                    framer.resume_from(stored)  # type: ignore[attr-defined]
+    # -- consuming the run's records
+
+    async def records(self) -> AsyncIterator[bytes]:
+        """Every record of the run, in order; ends once the run is over and
+        everything queued was taken.
+
+        Records already queued are taken without a Deferred each; the stream
+        resumes as the queue drains.  Start the run first (``tide_on``).
+        """
+        q = self.q
+        if not isinstance(q, RecordQueue):
+            async for record in self._records_one_by_one():
+                yield record
+            return
+        pending = q.pending
+        take = pending.popleft
+        while True:
+            for _ in range(len(pending)):
+                yield take()
+            q.check_low()
+            if pending:
+                continue
+            if not await self._more_records(q):
+                return
+
+    async def batches(self, max_batch: int = 10_000) -> AsyncIterator[list[bytes]]:
+        """The run's records as lists of at most ``max_batch``, in order.
+
+        Ends once the run is over and everything queued was taken: the bulk
+        way to consume, and the safe one (the stream resumes as it drains).
+        """
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+        q = self.q
+        if not isinstance(q, RecordQueue):
+            batch: list[bytes] = []
+            async for record in self._records_one_by_one():
+                batch.append(record)
+                if len(batch) >= max_batch or not q.pending:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+            return
+        pending = q.pending
+        take = pending.popleft
+        while True:
+            if pending:
+                if len(pending) <= max_batch:
+                    batch = list(pending)
+                    pending.clear()
+                else:
+                    batch = [take() for _ in range(max_batch)]
+                q.check_low()
+                yield batch
+                continue
+            if not await self._more_records(q):
+                return
+
+    async def _more_records(self, q: RecordQueue[bytes]) -> bool:
+        """Wait until records are queued; False once no more can come."""
+        if not self._running:
+            await self.gate.settled()  # a Redis gate may still deliver
+            return bool(q.pending)
+        await q.wait_for_records()
+        return True
+
+    async def _records_one_by_one(self) -> AsyncIterator[bytes]:
+        """Any ``DeferredQueue``: one ``get()`` each, raced against the run's end."""
+        q = self.q
+        while True:
+            if q.pending:
+                yield await q.get()
+                continue
+            if not self._running:
+                await self.gate.settled()
+                if not q.pending:
+                    return
+                continue
+            getting = q.get()
+            over = self._when_run_over()
+            first = await DeferredList(
+                [cast(Deferred[object], getting), cast(Deferred[object], over)],
+                fireOnOneCallback=True,
+                consumeErrors=True,
+            )
+            if getting.called:
+                yield cast(bytes, first[0])
             else:
-                self.sc.limit = limit
-                self.sc.start()
-            return await self._stream_until_done()
+                getting.cancel()  # the run ended first: take nothing
+
+    def _when_run_over(self) -> Deferred[None]:
+        over: Deferred[None] = Deferred()
+        if self._running:
+            self._run_over.append(over)
+        else:
+            over.callback(None)
+        return over
+
+    # -- IGateListener
+
+    def admitted(self, count: int) -> None:
+        self.stats.note_admitted(count, self._reactor.seconds())
+        self.backoff.record_arrived()
+
+    def ended(self, ending: Ending, reason: Failure | None) -> None:
+        """The gate says the run is over (or refused records: no retry cures it)."""
+        if ending is Ending.FAILED and self._gate_failure is None:
+            self._gate_failure = reason
+        if self._running:
+            self._run.halt(ending)
+
+    # -- the run
+
+    def _over(self) -> bool:
+        """The run must end: halted, switched off, the limit, or a refusal."""
+        return (
+            self._run_core.stopping or self.gate.over or self._gate_failure is not None
+        )
+
+    async def _run_to_end(self, limit: int) -> _Response | None:
+        self._gate_failure = None
+        self._records_before_run = self.stats.records
+        if self._queue_sink is not None:
+            self._queue_sink.hold(limit)
+        joined = False
+        try:
+            joining = self.gate.start(limit)
+            self._run.join(joining)
+            try:
+                await joining
+            except CancelledError:
+                return None  # halted or switched off before the counter answered
+            joined = True
+            stored = self.gate.position
+            if stored and self.framer.position is None:
+                self.framer.resume_from(stored)
+            response = await self._stream_until_done()
+            if self._gate_failure is not None:
+                raise GaveUp("the sink refused records", self._gate_failure.value)
+            return response
         finally:
-            self.sc.remove_stop_listener(self._stop_now)
-            # A shared counter stays as the run left it (count == limit), for
-            # the other hunters and the consumers; only tide_off() stops it.
-            if self.sc.started and not self._shared:
-                self.sc.stop()
+            if joined:
+                self.gate.finish()
             self._running = False
-            self._state = "stopped"
             self.stats.connected_since = None
+            self._run.finish()
+            over, self._run_over = self._run_over, []
+            for waiting in over:
+                waiting.callback(None)
+            if isinstance(self.q, RecordQueue):
+                self.q.wake_readers()
 
     async def _stream_until_done(self) -> _Response | None:
         last_response: _Response | None = None
@@ -530,9 +604,6 @@ class Hunter:
                         return response
                     kind = FailureKind.ENDED
                 else:
-                    if self._sink_failure is not None:
-                        sink_failure, self._sink_failure = self._sink_failure, None
-                        raise GaveUp("the sink refused records", sink_failure.value)
                     failure = StreamFailed(
                         self.safe_url, self.delivered, outcome.reason
                     )
@@ -545,9 +616,9 @@ class Hunter:
             decision = self.backoff.next_delay(
                 kind,
                 retry_after=retry_after,
-                sse_retry_ms=getattr(self.framer, "retry_ms", None),
+                sse_retry_ms=self.framer.retry_ms,
                 status=status,
-                cause=None if error is None or status else _one_line(error),
+                cause=None if error is None or status else one_line(error),
             )
             self.stats.last_error = decision.reason
             log.info(
@@ -562,7 +633,6 @@ class Hunter:
 
     async def _connect_once(self) -> tuple[_Response | None, StreamOutcome]:
         """One request and, for a 2xx answer, its whole body."""
-        self._state = "connecting"
         request = self._client.request(
             self.method,
             self._request_url,
@@ -570,10 +640,10 @@ class Hunter:
             data=self.data,
             auth=self.auth,
             unbuffered=True,
-            reactor=self._reactor,
+            reactor=cast(Any, self._reactor),  # treq wants time and TCP
             timeout=self.timeout,
         )
-        self._request = request
+        self._run.connect(request)
         try:
             response = await request
         except Exception:
@@ -582,8 +652,6 @@ class Hunter:
             if not self._over():
                 raise
             return None, StreamOutcome(Ending.STOPPED)
-        finally:
-            self._request = None
         if response.code == 204 and isinstance(self.framer, SSEFramer):
             # The event-stream way of saying "do not reconnect".
             return response, StreamOutcome(Ending.STOPPED)
@@ -600,27 +668,21 @@ class Hunter:
             )
         protocol = StreamProtocol(
             self.framer,
-            self.sc,
-            self.sink,
+            self.gate,
             self.stats,
             self._reactor,
             stall_timeout=self.stall_timeout,
+            owns_run=False,
         )
-        self._protocol = protocol
-        self._state = "streaming"
         self.stats.connected_since = self._reactor.seconds()
-        if self._over():
-            protocol.stop()  # switched off while the headers were on their way
         response.deliverBody(protocol)
-        if self._user_paused:
-            protocol.pause(PAUSE_USER)
+        # Streaming (paused, if a pause was asked for); closed at once if the
+        # run was switched off while the headers were on their way.
+        self._run.stream(protocol)
         try:
             outcome: StreamOutcome = await protocol.done
         finally:
-            self._protocol = None
             self.stats.connected_since = None
-        if protocol.records:
-            self.backoff.record_arrived()
         return response, outcome
 
     async def _read_error_body(self, response: _Response) -> bytes:
@@ -630,16 +692,15 @@ class Hunter:
         (or header) timeout cut it short.
         """
         excerpt = _Excerpt(ERROR_EXCERPT_BYTES)
-        self._excerpt = excerpt
         patience = self.stall_timeout or self.timeout
         timer = None
         if patience:
             timer = self._reactor.callLater(patience, excerpt.hang_up)
         response.deliverBody(excerpt)
+        self._run.read_error(excerpt)
         try:
             return await excerpt.done
         finally:
-            self._excerpt = None
             if timer is not None and timer.active():
                 timer.cancel()
 
@@ -672,48 +733,11 @@ class Hunter:
         self.stats.reconnects_by_cause[cause] = (
             self.stats.reconnects_by_cause.get(cause, 0) + 1
         )
-        self._state = "reconnecting"
-        self._current_delay = delay
         waiting: Deferred[None] = deferLater(self._reactor, delay, lambda: None)
-        self._waiting = waiting
-        try:
+        self._run.back_off(BackoffWait(waiting, delay))
+        with contextlib.suppress(CancelledError):  # the off switch
             await waiting
-        except CancelledError:
-            pass  # the off switch
-        finally:
-            self._waiting = None
-            self._current_delay = 0.0
 
-    @property
-    def _shared(self) -> bool:
-        return bool(getattr(self.sc, "shared", False))
 
-    def _over(self) -> bool:
-        """The run must end: switched off, halted, or the limit is reached."""
-        return self._halted or not self.sc.started or self.sc.limit_reached
-
-    def _verdict(self, ending: Ending, reason: Failure | None) -> None:
-        """Redis said the run is over (or refused a batch: no retry cures that)."""
-        if ending is Ending.FAILED:
-            self._sink_failure = reason
-        if self._protocol is not None:
-            self._protocol.stop(ending, reason)
-        elif ending is not Ending.FAILED:
-            self._stop_now(ending)
-
-    def _admitted(self, records: int) -> None:
-        self.stats.records += records
-        self.stats.last_record_at = self._reactor.seconds()
-        self.backoff.record_arrived()
-
-    def _stop_now(self, ending: Ending = Ending.STOPPED) -> None:
-        if self._starting is not None:
-            self._starting.cancel()
-        if self._excerpt is not None:
-            self._excerpt.hang_up()
-        if self._protocol is not None:
-            self._protocol.stop(ending)
-        elif self._request is not None:
-            self._request.cancel()
-        elif self._waiting is not None:
-            self._waiting.cancel()
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value

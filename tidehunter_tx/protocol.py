@@ -1,16 +1,20 @@
 """The body protocol: framer -> gate -> sink, with backpressure and a clean stop.
 
 Hand a :class:`StreamProtocol` to ``response.deliverBody`` (treq with
-``unbuffered=True``) and it cuts the body into records, admits exactly as many
-as the counter allows, puts them into the sink, pauses the transport while the
-sink is full and closes the response when the limit is reached or the counter
-is switched off.  ``done`` fires with a :class:`StreamOutcome` once the
-connection is gone; it never fails, so callers decide what an error means.
+``unbuffered=True``) and it cuts the body into records, offers them to its
+gate (which admits exactly as many as the counter allows and delivers them),
+pauses the transport while the gate is full and closes the response when the
+gate says the run is over.  ``done`` fires with a :class:`StreamOutcome` once
+the connection is gone; it never fails, so callers decide what an error means.
+
+On its own (``owns_run=True``, the default) the protocol is its gate's
+listener and its connection is the run: it starts the counter if it is not
+on, and stops it when the connection ends.  :class:`~tidehunter_tx.Hunter`
+passes ``owns_run=False``: its run outlives connections.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
@@ -19,22 +23,13 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from zope.interface import implementer
 
-from .counter import Counter
+from ._reactor import or_global_reactor
 from .framing import Framer, FramingError
-from .sinks import Sink
+from .gate import Ending, IGate, IGateListener
 
 __all__ = ["Ending", "StreamOutcome", "StreamProtocol", "StreamStats"]
-
-
-class Ending(enum.Enum):
-    """Why a connection's body stopped flowing."""
-
-    LIMIT = "limit"  # the record limit was reached
-    STOPPED = "stopped"  # the counter was switched off (tide_off, a consumer)
-    ENDED = "ended"  # the server ended the body cleanly
-    FAILED = "failed"  # the connection broke (reset, bad chunking, bad framing)
-    STALLED = "stalled"  # no byte for the stall timeout (keep-alives count)
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,10 @@ class StreamStats:
     last_record_at: float | None = None
     last_error: str | None = None
 
+    def note_admitted(self, count: int, now: float) -> None:
+        self.records += count
+        self.last_record_at = now
+
 
 _CLEAN_END = Failure(ResponseDone())
 
@@ -66,47 +65,56 @@ PAUSE_SINK = "sink"
 PAUSE_USER = "user"
 
 
+@implementer(IGateListener)
 class StreamProtocol(Protocol):
-    """Frames, gates and delivers one response body.
+    """Frames one response body and offers its records to a gate.
 
-    The framer, counter and sink are shared across reconnects by the caller;
-    this object lives for one connection.  Re-entrancy is expected: putting a
-    record can run a consumer's callback synchronously, and that consumer may
-    stop the stream; every step after a put checks for that.
+    The framer, gate and stats are shared across reconnects by the caller;
+    this object lives for one connection.  Re-entrancy is expected: offering
+    records can run a consumer's callback synchronously, and that consumer may
+    stop the stream; every step after an offer checks for that.
     """
 
     def __init__(
         self,
         framer: Framer,
-        counter: Counter,
-        sink: Sink,
-        stats: StreamStats,
-        clock: IReactorTime,
+        gate: IGate,
+        stats: StreamStats | None = None,
+        clock: IReactorTime | None = None,
         stall_timeout: float | None = None,
+        *,
+        owns_run: bool = True,
     ) -> None:
         self.done: Deferred[StreamOutcome] = Deferred()
-        #: Records admitted on this connection (a reconnect policy resets its
-        #: backoff only once a record has arrived).
-        self.records = 0
-        self._sink_admits = bool(getattr(sink, "admits", False))
+        self.stats = StreamStats() if stats is None else stats
+        self._owns_run = owns_run
         self._stall_timeout = stall_timeout
         self._stall_call: IDelayedCall | None = None
         self._last_byte_at = 0.0
         self._failure: Failure | None = None
         self._framer = framer
-        self._counter = counter
-        self._sink = sink
-        self._stats = stats
-        self._clock = clock
+        self._gate = gate
+        self._clock: IReactorTime = or_global_reactor(clock)
         self._pause_reasons: set[str] = set()
         self._stopping: Ending | None = None
         self._lost = False
+
+    # -- IGateListener, when this connection is the run
+
+    def admitted(self, count: int) -> None:
+        self.stats.note_admitted(count, self._clock.seconds())
+
+    def ended(self, ending: Ending, reason: Failure | None) -> None:
+        self.stop(ending, reason)
 
     @property
     def paused(self) -> bool:
         return bool(self._pause_reasons)
 
     def connectionMade(self) -> None:
+        if self._owns_run:
+            self._gate.set_listener(self)
+            self._gate.start(None).addErrback(self._start_failed)
         if self._stopping is not None:
             self.transport.stopProducing()  # type: ignore[union-attr]
             return
@@ -115,8 +123,7 @@ class StreamProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._stopping is not None:
             return  # bytes after a stop are not wanted; nothing was admitted
-        stats = self._stats
-        stats.bytes += len(data)
+        self.stats.bytes += len(data)
         if self._stall_call is not None:
             self._last_byte_at = self._clock.seconds()
         try:
@@ -133,30 +140,17 @@ class StreamProtocol(Protocol):
         self._deliver(records)
         if self._stopping is not None:
             return
-        if PAUSE_SINK not in self._pause_reasons and self._sink.full:
+        if PAUSE_SINK not in self._pause_reasons and self._gate.full:
             self.pause(PAUSE_SINK)
-            self._sink.set_drain_callback(self._sink_drained)
+            self._gate.set_drain_callback(self._sink_drained)
 
     def _deliver(self, records: list[bytes]) -> None:
-        """Gate the records and hand the admitted ones to the sink."""
-        if not records:
-            return
-        if self._sink_admits:
-            # Redis decides what is admitted; its answer comes back later.
-            self._sink.put(records)
-        else:
-            counter, stats = self._counter, self._stats
-            wanted = len(records)
-            admitted = counter.admit(wanted)
-            if admitted:
-                self._sink.put(records if admitted == wanted else records[:admitted])
-                stats.records += admitted
-                self.records += admitted
-                stats.last_record_at = self._clock.seconds()
-            if self._stopping is not None:
-                return  # a consumer stopped us from inside put()
-            if admitted < wanted or counter.limit_reached:
-                self.stop(Ending.LIMIT if counter.started else Ending.STOPPED)
+        """Offer the records; the gate says (maybe later) what it admitted."""
+        if records:
+            self._gate.offer(records, self._framer.position)
+
+    def _start_failed(self, failure: Failure) -> None:
+        self.stop(Ending.FAILED, failure)
 
     def pause(self, reason: str) -> None:
         """Stop reading from the socket; the server stalls once buffers fill."""
@@ -165,7 +159,7 @@ class StreamProtocol(Protocol):
         if not self._pause_reasons:
             assert self.transport is not None
             self.transport.pauseProducing()  # type: ignore[attr-defined]
-            self._stats.pauses += 1
+            self.stats.pauses += 1
             # A pause of our own is never a stall.
             self._disarm_stall_timer()
         self._pause_reasons.add(reason)
@@ -187,7 +181,7 @@ class StreamProtocol(Protocol):
             return
         self._stopping = ending
         self._failure = self._failure or reason
-        self._sink.set_drain_callback(None)
+        self._gate.set_drain_callback(None)
         self._disarm_stall_timer()
         if self.transport is not None:
             self.transport.stopProducing()  # type: ignore[attr-defined]
@@ -196,10 +190,13 @@ class StreamProtocol(Protocol):
         if self._lost:
             return
         self._lost = True
-        self._sink.set_drain_callback(None)
+        self._gate.set_drain_callback(None)
         self._disarm_stall_timer()
         if self._framer.close():
-            self._stats.truncated += 1
+            self.stats.truncated += 1
+        if self._owns_run:
+            self._gate.set_listener(None)
+            self._gate.finish()
         if self._stopping is not None:
             outcome = StreamOutcome(self._stopping, self._failure)
         elif reason.check(ResponseDone, PotentialDataLoss):

@@ -11,33 +11,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import uuid
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import (
-    Deferred,
-    DeferredList,
-    ensureDeferred,
-    succeed,
-)
-from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
+from ._reactor import global_reactor
 from .auth import AuthError, signer_from_env
 from .control import ControlError, ControlFactory, read_secret_file
+from .counter import StateCounter
 from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS
-from .hunter import GaveUp, Hunter, load_ca_file, public_url
-from .redis_store import (
+from .hunter import Hunter, load_ca_file, public_url
+from .hunter_service import HunterService, RunResult
+from .redis import (
     RedisGate,
     RedisSpec,
     RedisStateCounter,
-    close_connection,
     connect,
     parse_redis_spec,
 )
@@ -45,7 +39,7 @@ from .sinks import FileSink, PipeSink
 
 __all__ = [
     "DEFAULT_CONTROL",
-    "HunterService",
+    "DaemonService",
     "Options",
     "makeService",
     "parse_sink",
@@ -75,10 +69,10 @@ def _number(name: str, kind: type, minimum: float, strict: bool = False) -> Any:
     return coerce
 
 
-def parse_sink(spec: str) -> FileSink | PipeSink:
+def parse_sink(spec: str, reactor: Any = None) -> FileSink | PipeSink:
     """Build the local sink a ``--sink`` spec names (``stdout`` or ``file:PATH``)."""
     if spec == "stdout":
-        return PipeSink.stdout()
+        return PipeSink.stdout(reactor)
     return FileSink.open(spec[len("file:") :])
 
 
@@ -262,118 +256,70 @@ class Options(usage.Options):
                 ) from None
 
 
-class HunterService(Service):
-    """Runs one hunter; ends the process when its run is over.
+class DaemonService(MultiService):
+    """The process around a :class:`HunterService`: what only a daemon does.
 
-    Also the :class:`~tidehunter_tx.control.Controller` the AMP server steers.
+    It exits the process once the run is over (0, or 1 when it failed),
+    makes SIGTERM a clean stop with exit 0, and writes the records Redis
+    never confirmed to the spill file.
     """
 
-    def __init__(
-        self,
-        hunter: Hunter,
-        limit: int,
-        *,
-        local_sink: FileSink | PipeSink | None = None,
-        gate: RedisGate | None = None,
-        counter: RedisStateCounter | None = None,
-        connection: Any = None,
-        spill_path: str | None = None,
-        settle_timeout: float = 3.0,
-    ) -> None:
-        self.hunter = hunter
-        self.limit = limit
-        self.local_sink = local_sink
-        self.gate = gate
-        self.counter = counter
-        self.connection = connection
-        self.spill_path = spill_path or f"tidehunter-spill-{os.getpid()}.jsonl"
-        self.settle_timeout = settle_timeout
-        self.run: Deferred[Any] | None = None
+    def __init__(self, hunting: HunterService, reactor: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.hunting = hunting
+        self._reactor = reactor
+        hunting.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.exit_code = 0
-        self._finished: Deferred[None] = Deferred()
-        self._winding_down = False
-
-    # -- the service's life
 
     def startService(self) -> None:
+        self._reactor.callWhenRunning(self._exit_0_on_sigterm)
         super().startService()  # type: ignore[no-untyped-call]
-        from twisted.internet import reactor
+        self.hunting.whenDone().addCallback(self._run_over)
 
-        reactor.callWhenRunning(_exit_0_on_sigterm)
-        log.info(
-            "tidehunter: streaming {url} (limit {limit})",
-            url=public_url(self.hunter.url),
-            limit=self.limit or "none",
-        )
-        self.run = self.hunter.tide_on(self.limit)
-        self.run.addCallbacks(self._ended, self._failed)
+    def _run_over(self, result: RunResult) -> None:
+        self.exit_code = 0 if result.ok else 1
+        if self.running:
+            self._stop_process()
 
-    def stopService(self) -> Deferred[None]:
-        """SIGTERM or reactor.stop(): stop, flush, then let the process go."""
-        super().stopService()  # type: ignore[no-untyped-call]
-        if self.hunter.running:
-            # This hunter only: a shared counter stays on for the others.
-            self.hunter.halt()
-        return self._finished
+    def _exit_0_on_sigterm(self) -> None:
+        """SIGTERM is the ordinary way to stop a daemon: stop cleanly, exit 0.
 
-    def _ended(self, _: object) -> None:
-        ensureDeferred(self._wind_down())
+        twistd's own handler re-raises the signal after shutdown, so the
+        process would die "killed by SIGTERM" even after a clean flush.
+        """
+        reactor = self._reactor
 
-    def _failed(self, failure: Failure) -> None:
-        reason = failure.value
-        message = (
-            str(reason) if isinstance(reason, GaveUp) else failure.getErrorMessage()
-        )
-        log.error("tidehunter: stream failed: {reason}", reason=message)
-        self.exit_code = 1
-        ensureDeferred(self._wind_down())
+        def on_sigterm(signum: int, frame: object) -> None:
+            reactor.callFromThread(reactor.stop)
 
-    async def _wind_down(self) -> None:
-        """Settle what Redis still owes, spill what it never confirmed, flush."""
-        if self._winding_down:
-            return
-        self._winding_down = True
-        try:
-            if self.gate is not None:
-                await self._settle_or_spill(self.gate)
-            if self.counter is not None:
-                self.counter.close()
-            if self.local_sink is not None:
-                await self._close_local(self.local_sink)
-            self._report()
-            if self.connection is not None:
-                await close_connection(self.connection)
-        except Exception:
-            log.failure("tidehunter: error while stopping")
-            self.exit_code = 1
-        finally:
-            if not self._finished.called:
-                self._finished.callback(None)
-            if self.running:
-                _stop_process(self.exit_code)
+        signal.signal(signal.SIGTERM, on_sigterm)
 
-    async def _close_local(self, sink: FileSink | PipeSink) -> None:
-        """Flush the sink; a reader that never reads again does not hold us."""
-        from twisted.internet import reactor
+    def _stop_process(self) -> None:
+        """Stop the reactor; twistd exits 0 unless we say otherwise."""
+        reactor = self._reactor
+        exit_code = self.exit_code
+        if exit_code:
 
-        closing = sink.close()
-        if closing is None:
-            return
-        closing.addTimeout(self.settle_timeout, reactor)
-        try:
-            await closing
-        except DeferredTimeoutError:
-            log.warn("tidehunter: the reader of the records stopped reading")
+            def exit_with_code() -> None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exit_code)
 
-    async def _settle_or_spill(self, gate: RedisGate) -> None:
-        from twisted.internet import reactor
+            reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
+        if reactor.running:
+            reactor.stop()
 
-        settled = gate.settled()
-        settled.addTimeout(self.settle_timeout, reactor)
-        try:
-            await settled
-        except DeferredTimeoutError:
-            sent, unsent = gate.spill(self.spill_path)
+
+class _Spill:
+    """Writes what a Redis gate never confirmed to the spill file, and says so."""
+
+    def __init__(self, gate: RedisGate, path: str) -> None:
+        self.gate = gate
+        self.path = path
+
+    def __call__(self, hunter: Hunter) -> int:
+        sent, unsent = self.gate.spill(self.path)
+        if sent + unsent:
             log.warn(
                 "tidehunter: Redis did not confirm {total} records; they are in "
                 "{path} (JSON lines), not lost: {unsent} never sent, {sent} sent "
@@ -382,43 +328,9 @@ class HunterService(Service):
                 total=sent + unsent,
                 sent=sent,
                 unsent=unsent,
-                path=os.path.abspath(self.spill_path),
+                path=os.path.abspath(self.path),
             )
-
-    def _report(self) -> None:
-        status = self.hunter.status()
-        log.info(
-            "tidehunter: {delivered} records delivered (limit {limit}); "
-            "{bytes} bytes, {keepalives} keep-alives, {skipped} skipped, "
-            "{reconnects} reconnects",
-            delivered=self.hunter.delivered,
-            limit=self.hunter.sc.limit or "none",
-            **{
-                key: status[key]
-                for key in ("bytes", "keepalives", "skipped", "reconnects")
-            },
-        )
-
-    # -- the Controller interface
-
-    def status(self) -> dict[str, Any]:
-        return self.hunter.status()
-
-    def stop(self) -> Deferred[int]:
-        if self.hunter.running:
-            self.hunter.halt()
-        finished: Deferred[int] = Deferred()
-        self._finished.addBoth(lambda _: finished.callback(self.hunter.delivered))
-        return finished
-
-    def pause(self) -> None:
-        self.hunter.pause()
-
-    def resume(self) -> None:
-        self.hunter.resume()
-
-    def set_limit(self, limit: int) -> None:
-        self.hunter.set_limit(limit)
+        return sent + unsent
 
 
 class ControlService(StreamServerEndpointService):
@@ -435,84 +347,50 @@ class ControlService(StreamServerEndpointService):
         )
 
 
-def _exit_0_on_sigterm() -> None:
-    """SIGTERM is the ordinary way to stop a daemon: stop cleanly, exit 0.
-
-    twistd's own handler re-raises the signal after shutdown, so the process
-    would die "killed by SIGTERM" even after a clean flush.
-    """
-    from twisted.internet import reactor
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _stop_process(exit_code: int) -> None:
-    """Stop the reactor; twistd exits 0 unless we say otherwise."""
-    from twisted.internet import reactor
-
-    if exit_code:
-
-        def exit_with_code() -> None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(exit_code)
-
-        reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
-    if reactor.running:
-        reactor.stop()
-
-
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
-
+    reactor = global_reactor()
     target: RedisSpec | None = options["redis-sink"]
     counter_spec: RedisSpec | None = options["redis-counter"]
-    local_sink = None if target else parse_sink(options["sink"])
-    connection = None
-    counter: RedisStateCounter | None = None
+    local_sink = None if target else parse_sink(options["sink"], reactor)
     gate: RedisGate | None = None
-    if target or counter_spec:
-        server = target or counter_spec
-        assert server is not None
-        connection = connect(server)
-        # With a Redis sink but an in-memory counter, the counting still has
-        # to happen inside the push script: use a counter key of our own.
-        key = counter_spec.key if counter_spec else f"tidehunter:{uuid.uuid4().hex}"
-        counter = RedisStateCounter(connection, key)
-        gate = RedisGate(counter, target=target, local=local_sink)
+    if counter_spec is not None:
+        connection = connect(counter_spec)
+        gate = RedisGate(
+            RedisStateCounter(connection, counter_spec.key, clock=reactor),
+            target=target,
+            local=local_sink,
+        )
+    elif target is not None:
+        # A Redis sink with the count kept here: no counter key in Redis.
+        gate = RedisGate(StateCounter(), connection=connect(target), target=target)
 
     headers: dict[str | bytes, list[str | bytes]] = {}
     for name, value in options["headers"]:
         headers.setdefault(name, []).append(value)
     hunter = Hunter(
         options["url"],
-        sc=counter,
         method=options["method"],
         headers=headers or None,
         data=options["data"].encode() if options["data"] else None,
         framing=options["framing"],
         max_record_bytes=options["max-record-bytes"],
-        sink=gate if gate is not None else local_sink,
+        sink=local_sink if gate is None else None,
+        gate=gate,
         reconnect=not options["no-reconnect"],
         stall_timeout=options["stall-timeout"],
         ca_file=options["ca-file"],
         signer=options["signer"],
+        reactor=reactor,
     )
-    top = MultiService()
+    spill_path = options["spill-file"] or f"tidehunter-spill-{os.getpid()}.jsonl"
     hunting = HunterService(
         hunter,
         options["limit"],
-        local_sink=local_sink,
-        gate=gate,
-        counter=counter,
-        connection=connection,
-        spill_path=options["spill-file"],
+        on_unsettled=_Spill(gate, spill_path) if gate is not None else None,
+        clock=reactor,
     )
-    hunting.setServiceParent(top)  # type: ignore[no-untyped-call]
+    top = DaemonService(hunting, reactor)
     endpoint = serverFromString(reactor, options["control"])
-    factory = ControlFactory(hunting, options["secret"])
+    factory = ControlFactory(hunting, options["secret"], reactor=reactor)
     ControlService(endpoint, factory).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

@@ -20,13 +20,17 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredQueue, QueueOverflow, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.fdesc import setNonBlocking, writeToFD
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorFDSet, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._reactor import or_global_reactor
+
 __all__ = [
     "DEFAULT_HIGH_WATERMARK",
+    "DEFAULT_QUEUE_BUDGET_BYTES",
     "FileSink",
     "PipeSink",
     "QueueSink",
@@ -37,6 +41,10 @@ __all__ = [
 _T = TypeVar("_T")
 
 DEFAULT_HIGH_WATERMARK = 10_000
+#: How many bytes of records a run with a limit may queue before pausing.
+DEFAULT_QUEUE_BUDGET_BYTES = 256 * 2**20
+
+log = Logger()
 
 DrainCallback = Callable[[], None]
 
@@ -54,6 +62,9 @@ class Sink(Protocol):
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
         """Call ``callback`` (once) when a full sink has room again."""
 
+    def close(self) -> Deferred[None] | None:
+        """Flush and release what the sink holds; a Deferred if that takes time."""
+
 
 class RecordQueue(DeferredQueue[_T]):
     """A ``DeferredQueue`` built for streams of many small records.
@@ -62,7 +73,10 @@ class RecordQueue(DeferredQueue[_T]):
     head, so draining a queue of n records costs O(n**2); here ``pending`` and
     ``waiting`` are deques.  ``extend`` takes a batch in one call.  ``get()``
     reports the queue shrinking to a listener so a paused stream resumes as soon
-    as the consumer catches up, with no polling.
+    as the consumer catches up; a consumer that takes from ``pending`` itself
+    calls :meth:`check_low` (the sink also looks while the stream is paused).
+    :meth:`wait_for_records` lets a bulk reader sleep until records arrive
+    without taking one through a Deferred.
     """
 
     pending: deque[_T]  # type: ignore[assignment]
@@ -74,6 +88,7 @@ class RecordQueue(DeferredQueue[_T]):
         self.waiting = deque()
         self._low_watermark = -1
         self._on_low: DrainCallback | None = None
+        self._readers: list[Deferred[None]] = []
 
     def put(self, obj: _T) -> None:
         if self.waiting:
@@ -82,6 +97,8 @@ class RecordQueue(DeferredQueue[_T]):
             self.pending.append(obj)
         else:
             raise QueueOverflow()
+        if self._readers:
+            self.wake_readers()
 
     def extend(self, objs: Iterable[_T]) -> None:
         """Put many objects at once, in order (an unsized queue only)."""
@@ -96,6 +113,25 @@ class RecordQueue(DeferredQueue[_T]):
         # take more records synchronously, which is the fast path for consumers.
         while waiting and pending:
             waiting.popleft().callback(pending.popleft())
+        if self._readers:
+            self.wake_readers()
+
+    def wait_for_records(self) -> Deferred[None]:
+        """Fires (with None, taking nothing) when records are next put."""
+        waiting: Deferred[None] = Deferred()
+        self._readers.append(waiting)
+        return waiting
+
+    def wake_readers(self) -> None:
+        """Fire every :meth:`wait_for_records` Deferred (records came, or the end)."""
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.callback(None)
+
+    def check_low(self) -> None:
+        """Resume a waiting stream if ``pending`` was drained other than by get()."""
+        if self._on_low is not None and len(self.pending) <= self._low_watermark:
+            self._fire_low()
 
     def get(self) -> Deferred[_T]:
         pending = self.pending
@@ -125,11 +161,18 @@ class RecordQueue(DeferredQueue[_T]):
 class QueueSink:
     """Puts records into a ``DeferredQueue``; full above the high watermark.
 
-    With a :class:`RecordQueue` the drain is reported by the queue itself.  Any
-    other ``DeferredQueue`` is polled while the stream is paused, since nothing
-    tells us when its consumer takes a record.  A queue with a ``size`` bound is
-    honoured: what does not fit waits here (at most one chunk's worth, since the
-    stream is paused) and moves in as the consumer makes room.
+    With a :class:`RecordQueue` the drain is reported by the queue itself when
+    the consumer uses ``get()``; however else the queue is drained (records
+    taken straight from ``pending``, any other ``DeferredQueue``), it is looked
+    at every ``POLL_INTERVAL`` while the stream is paused, so a paused stream
+    always resumes.  A queue with a ``size`` bound is honoured: what does not
+    fit waits here (at most one chunk's worth, since the stream is paused) and
+    moves in as the consumer makes room.
+
+    :meth:`hold` lets a run with a limit queue up to that many records before
+    pausing (a caller that drains only after ``tide_on`` fires would otherwise
+    wait forever), up to ``budget_bytes`` of records; past the budget the
+    stream pauses and a warning says to consume while the run is on.
     """
 
     POLL_INTERVAL = 0.02
@@ -140,6 +183,7 @@ class QueueSink:
         high_watermark: int = DEFAULT_HIGH_WATERMARK,
         low_watermark: int | None = None,
         reactor: IReactorTime | None = None,
+        budget_bytes: int = DEFAULT_QUEUE_BUDGET_BYTES,
     ) -> None:
         if high_watermark < 1:
             raise ValueError(f"high_watermark must be >= 1, not {high_watermark}")
@@ -155,17 +199,52 @@ class QueueSink:
         self.queue = queue
         self.high_watermark = high_watermark
         self.low_watermark = low_watermark
+        self.budget_bytes = budget_bytes
         self._overflow: deque[bytes] = deque()
         self._on_drain: DrainCallback | None = None
         self._poll: LoopingCall | None = None
         self._reactor = reactor
         self._fast = isinstance(queue, RecordQueue) and queue.size is None
+        self._hold = 0
+        self._held_bytes = 0
+        self._held_records = 0
+        self._warned = False
+
+    def hold(self, records: int) -> None:
+        """Queue up to ``records`` (a run's limit) before pausing; 0 = watermarks."""
+        self._hold = records if records > self.high_watermark else 0
+        self._held_bytes = self._held_records = 0
+        self._warned = False
 
     @property
     def full(self) -> bool:
-        return bool(self._overflow) or len(self.queue.pending) >= self.high_watermark
+        if self._overflow:
+            return True
+        queued = len(self.queue.pending)
+        if queued < self.high_watermark:
+            return False
+        if queued >= self._hold:
+            return True
+        # Within a limited run's reservation: only the memory budget pauses.
+        average = self._held_bytes / max(self._held_records, 1)
+        if queued * average < self.budget_bytes:
+            return False
+        if not self._warned:
+            self._warned = True
+            log.warn(
+                "tidehunter: {queued} records (about {mib} MiB, the queue's budget) "
+                "wait in the queue and the run is not over: the stream waits for a "
+                "consumer. Take records while the run is on (async for ... in "
+                "h.records() or h.batches()) or raise budget_bytes.",
+                queued=queued,
+                mib=round(queued * average / 2**20),
+            )
+        return True
 
     def put(self, records: list[bytes]) -> None:
+        if self._hold:
+            self._held_bytes += sum(map(len, records))
+            self._held_records += len(records)
         if self._fast:
             self.queue.extend(records)  # type: ignore[attr-defined]
             return
@@ -194,11 +273,18 @@ class QueueSink:
             return
         if isinstance(queue, RecordQueue) and not self._overflow:
             queue.notify_when_low(self.low_watermark, self._drained)
-        else:
-            self._start_polling()
+        self._start_polling()
+
+    def close(self) -> None:
+        """Records stay in the queue for its consumer; only the polling ends."""
+        self._on_drain = None
+        if not self._overflow:
+            self._stop_polling()
 
     def _drained(self) -> None:
         callback, self._on_drain = self._on_drain, None
+        if isinstance(self.queue, RecordQueue):
+            self.queue.cancel_notify()
         if not self._overflow:
             self._stop_polling()
         if callback is not None:
@@ -277,7 +363,9 @@ def claim_stdout() -> int:
 class _FdWriter(FileDescriptor):
     """Non-blocking writes to a pipe or terminal, buffered by the reactor."""
 
-    def __init__(self, fd: int, reactor: Any, lost: Callable[[Failure], None]) -> None:
+    def __init__(
+        self, fd: int, reactor: IReactorFDSet, lost: Callable[[Failure], None]
+    ) -> None:
         super().__init__(reactor)
         self._fd = fd
         self._lost = lost
@@ -309,11 +397,8 @@ class PipeSink:
     and the sink is ``full`` while the pipe is, which pauses the HTTP stream.
     """
 
-    def __init__(self, fd: int, reactor: Any = None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
+    def __init__(self, fd: int, reactor: IReactorFDSet | None = None) -> None:
+        reactor = or_global_reactor(reactor)
         self.closed: Deferred[None] = Deferred()
         self.broken: Failure | None = None
         self._paused = False
@@ -322,7 +407,7 @@ class PipeSink:
         self._writer.registerProducer(self, True)
 
     @classmethod
-    def stdout(cls, reactor: Any = None) -> PipeSink:
+    def stdout(cls, reactor: IReactorFDSet | None = None) -> PipeSink:
         return cls(claim_stdout(), reactor)
 
     @property

@@ -1,0 +1,190 @@
+"""The admission contract: which framed records a run takes, and what became of them.
+
+A gate stands between the framer and the sink.  The body protocol offers it
+every record it frames, with the stream's position after them; the gate
+decides how many are admitted (the limit, the on/off switch), delivers those,
+and tells its listener, maybe later, how many were delivered and when the run
+must end.  Records it does not admit because the run was over are counted in
+``dropped``: every record read is delivered, dropped with that count, or (for
+a gate that talks to another process) still unconfirmed, which ``settled()``
+waits for.
+
+Two implementations: :class:`LocalGate` (a :class:`~tidehunter_tx.StateCounter`
+in this process in front of any sink) and
+:class:`~tidehunter_tx.redis.RedisGate` (one Redis script admits, pushes and
+counts, for hunters that share a counter).  Nothing upstream asks which kind
+it has.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
+
+if TYPE_CHECKING:
+    from .counter import StateCounter
+    from .sinks import DrainCallback, Sink
+
+__all__ = ["Ending", "IGate", "IGateListener", "LocalGate"]
+
+
+class Ending(enum.Enum):
+    """Why a connection's body stopped flowing, or why a run must end."""
+
+    LIMIT = "limit"  # the record limit was reached
+    STOPPED = "stopped"  # switched off (tide_off, a consumer, a halt)
+    ENDED = "ended"  # the server ended the body cleanly
+    FAILED = "failed"  # the connection broke, or the sink refused records
+    STALLED = "stalled"  # no byte for the stall timeout (keep-alives count)
+
+
+class IGateListener(Interface):
+    """Told by a gate what became of the records offered to it."""
+
+    def admitted(count: int) -> None:
+        """``count`` more records reached the sink, in the order offered."""
+
+    def ended(ending: Ending, reason: Failure | None) -> None:
+        """The run must end now: ``LIMIT``, ``STOPPED`` or ``FAILED`` (a refusal
+        no retry can cure, described by ``reason``).  May be told more than once.
+        """
+
+
+class IGate(Interface):
+    """Admits framed records into a sink, exactly up to the limit."""
+
+    counter = Attribute("The state counter: count, total, limit, started, stop().")
+    full = Attribute("True while the stream should pause until the drain callback.")
+    over = Attribute("True once the run must end (switched off or limit reached).")
+    dropped = Attribute("Records offered but not admitted because the run was over.")
+    position = Attribute(
+        "The resume position stored with the last admitted records (bytes or None)."
+    )
+
+    def set_listener(listener: IGateListener | None) -> None:
+        """Who hears about admitted records and the end of the run."""
+
+    def start(limit: int | None) -> Deferred[None]:
+        """Begin (or join) a run; ``limit`` None keeps the counter's limit.
+
+        Fires once records may be offered; fails when the counter cannot be
+        reached.  ``position`` is readable once it has fired.
+        """
+
+    def finish() -> None:
+        """This hunter's part of the run is over (a local counter is stopped)."""
+
+    def stop() -> Deferred[None]:
+        """The off switch of the run, for every hunter sharing the counter."""
+
+    def set_limit(limit: int) -> None:
+        """Change the limit of the run; at or below the count the run ends."""
+
+    def offer(records: list[bytes], position: bytes | None) -> None:
+        """Take framed records; ``position`` is where the stream stands after them."""
+
+    def set_drain_callback(callback: DrainCallback | None) -> None:
+        """Call ``callback`` once a full gate has room again."""
+
+    def settled() -> Deferred[None]:
+        """Fires once every record offered has its fate."""
+
+    def close() -> Deferred[None]:
+        """Flush and release the sink and connections; fires when done."""
+
+
+@implementer(IGate)
+class LocalGate:
+    """An in-memory state counter in front of a sink: admission is synchronous.
+
+    ``counter.admit(n)`` counts at once, so the count can never pass the
+    limit however the records were chunked; the admitted records go straight
+    to the sink.  A consumer's ``counter.stop()`` reaches the listener at once,
+    which is what makes the off switch instant in one process.
+    """
+
+    def __init__(self, counter: StateCounter, sink: Sink) -> None:
+        self.counter = counter
+        self.sink = sink
+        self.dropped = 0
+        self.position: bytes | None = None
+        self._listener: IGateListener | None = None
+        self._watching = False
+
+    @property
+    def full(self) -> bool:
+        return self.sink.full
+
+    @property
+    def over(self) -> bool:
+        counter = self.counter
+        return not counter.started or counter.limit_reached
+
+    def set_listener(self, listener: IGateListener | None) -> None:
+        self._listener = listener
+
+    def start(self, limit: int | None) -> Deferred[None]:
+        counter = self.counter
+        if limit is not None:
+            counter.limit = limit
+        if not counter.started:
+            counter.start()
+        if not self._watching:
+            self._watching = True
+            counter.add_stop_listener(self._switched_off)
+        return succeed(None)
+
+    def finish(self) -> None:
+        if self._watching:
+            self._watching = False
+            self.counter.remove_stop_listener(self._switched_off)
+        if self.counter.started:
+            self.counter.stop()
+
+    def stop(self) -> Deferred[None]:
+        self.counter.stop()
+        return succeed(None)
+
+    def set_limit(self, limit: int) -> None:
+        self.counter.limit = limit
+        if self.counter.started and self.counter.limit_reached:
+            self._end(Ending.LIMIT)
+
+    def offer(self, records: list[bytes], position: bytes | None) -> None:
+        wanted = len(records)
+        if not wanted:
+            return
+        counter = self.counter
+        admitted = counter.admit(wanted)
+        if admitted:
+            if admitted == wanted:
+                self.sink.put(records)
+                self.position = position
+            else:
+                self.sink.put(records[:admitted])
+            if self._listener is not None:
+                self._listener.admitted(admitted)
+        if admitted < wanted:
+            self.dropped += wanted - admitted
+        if admitted < wanted or counter.limit_reached:
+            self._end(Ending.LIMIT if counter.started else Ending.STOPPED)
+
+    def set_drain_callback(self, callback: DrainCallback | None) -> None:
+        self.sink.set_drain_callback(callback)
+
+    def settled(self) -> Deferred[None]:
+        return succeed(None)
+
+    def close(self) -> Deferred[None]:
+        return maybeDeferred(self.sink.close).addCallback(lambda _: None)
+
+    def _switched_off(self) -> None:
+        self._end(Ending.STOPPED)
+
+    def _end(self, ending: Ending) -> None:
+        if self._listener is not None:
+            self._listener.ended(ending, None)

@@ -1,0 +1,191 @@
+"""``HunterService``: a hunter's run as a Twisted service, for any application.
+
+Add it to your own ``MultiService``: ``startService`` starts the run,
+``stopService`` halts it and fires once the sink is flushed, ``whenDone()``
+fires with how the run ended.  It never stops the reactor and never touches
+signal handlers; ``twistd tidehunter`` wraps it to do that (exit codes,
+SIGTERM, the spill file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._describe import public_url
+from ._reactor import or_global_reactor
+from .hunter import GaveUp, Hunter
+
+__all__ = ["HunterService", "RunResult"]
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended."""
+
+    #: Records this hunter delivered in the run.
+    delivered: int
+    #: None for a run that ended as asked (limit, stop, end of stream).
+    error: BaseException | None = None
+    #: Records read but not confirmed by the sink when the service gave up
+    #: waiting (handed to ``on_unsettled``).
+    unconfirmed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+#: Called when the sink did not confirm everything within ``settle_timeout``;
+#: returns how many records it saved (the daemon writes a spill file).
+Unsettled = Callable[[Hunter], int]
+
+
+class HunterService(Service):
+    """Runs one hunter's run for the life of the service.
+
+    Also a :class:`~tidehunter_tx.control.Controller`, so a
+    :class:`~tidehunter_tx.control.ControlFactory` can steer it.
+    """
+
+    def __init__(
+        self,
+        hunter: Hunter,
+        limit: int = 0,
+        *,
+        settle_timeout: float = 3.0,
+        on_unsettled: Unsettled | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        self.hunter = hunter
+        self.limit = limit
+        self.settle_timeout = settle_timeout
+        self._on_unsettled = on_unsettled
+        self._clock: IReactorTime = or_global_reactor(clock)
+        self._result: RunResult | None = None
+        self._waiting: list[Deferred[RunResult]] = []
+        self._winding_down = False
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        log.info(
+            "tidehunter: streaming {url} (limit {limit})",
+            url=public_url(self.hunter.url),
+            limit=self.limit or "none",
+        )
+        self._result = None
+        self._winding_down = False
+        run = self.hunter.tide_on(self.limit)
+        run.addCallbacks(self._ended, self._failed)
+
+    def stopService(self) -> Deferred[None]:
+        """Halt this hunter (a shared counter stays on); fire once flushed."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self.hunter.running:
+            self.hunter.halt()
+        return self.whenDone().addCallback(lambda _: None)
+
+    def whenDone(self) -> Deferred[RunResult]:
+        """Fires with the :class:`RunResult` once the run is over and flushed."""
+        done: Deferred[RunResult] = Deferred()
+        if self._result is not None:
+            done.callback(self._result)
+        else:
+            self._waiting.append(done)
+        return done
+
+    # -- the Controller interface
+
+    def status(self) -> dict[str, Any]:
+        return self.hunter.status()
+
+    def stop(self) -> Deferred[int]:
+        if self.hunter.running:
+            self.hunter.halt()
+        return self.whenDone().addCallback(lambda result: result.delivered)
+
+    def pause(self) -> None:
+        self.hunter.pause()
+
+    def resume(self) -> None:
+        self.hunter.resume()
+
+    def set_limit(self, limit: int) -> None:
+        self.hunter.set_limit(limit)
+
+    # -- winding down
+
+    def _ended(self, _: object) -> None:
+        ensureDeferred(self._wind_down(None))
+
+    def _failed(self, failure: Failure) -> None:
+        reason = failure.value
+        message = (
+            str(reason) if isinstance(reason, GaveUp) else failure.getErrorMessage()
+        )
+        log.error("tidehunter: stream failed: {reason}", reason=message)
+        ensureDeferred(self._wind_down(reason))
+
+    async def _wind_down(self, error: BaseException | None) -> None:
+        """Wait for what the sink still owes, flush it, then tell whoever waits."""
+        if self._winding_down:
+            return
+        self._winding_down = True
+        unconfirmed = 0
+        try:
+            if not await self._settle():
+                unconfirmed = (
+                    self._on_unsettled(self.hunter) if self._on_unsettled else 0
+                )
+            await self._close()
+            self._report()
+        except Exception as failure:
+            log.failure("tidehunter: error while stopping")
+            error = error or failure
+        result = RunResult(self.hunter.delivered, error, unconfirmed)
+        self._result = result
+        waiting, self._waiting = self._waiting, []
+        for done in waiting:
+            done.callback(result)
+
+    async def _settle(self) -> bool:
+        settled = self.hunter.settled()
+        settled.addTimeout(self.settle_timeout, self._clock)
+        try:
+            await settled
+        except DeferredTimeoutError:
+            return False
+        return True
+
+    async def _close(self) -> None:
+        """Flush the sink; a reader that never reads again does not hold us."""
+        closing = self.hunter.close()
+        closing.addTimeout(self.settle_timeout, self._clock)
+        try:
+            await closing
+        except DeferredTimeoutError:
+            log.warn("tidehunter: the reader of the records stopped reading")
+
+    def _report(self) -> None:
+        status = self.hunter.status()
+        log.info(
+            "tidehunter: {delivered} records delivered (limit {limit}); "
+            "{bytes} bytes, {keepalives} keep-alives, {skipped} skipped, "
+            "{dropped} dropped after the run ended, {reconnects} reconnects",
+            delivered=self.hunter.delivered,
+            limit=self.hunter.sc.limit or "none",
+            **{
+                key: status[key]
+                for key in ("bytes", "keepalives", "skipped", "dropped", "reconnects")
+            },
+        )

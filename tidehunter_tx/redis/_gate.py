@@ -1,0 +1,386 @@
+"""``RedisGate``: admission in Redis, exact across every hunter sharing a counter."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..counter import CounterState, StateCounter
+from ..gate import Ending, IGate, IGateListener
+from ..sinks import DrainCallback, Sink
+from ._connection import close_connection, execute_encoded
+from ._counter import RedisStateCounter
+from ._scripts import ADMIT_AND_PUSH, is_noscript
+from ._spec import RedisSpec
+from ._spill import write_spill
+
+__all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "RedisGate"]
+
+log = Logger()
+
+#: Records per script call: Lua's unpack() stops near 8,000 values.
+MAX_BATCH = 4000
+#: Script calls in flight per hunter before the HTTP stream pauses.
+MAX_IN_FLIGHT = 4
+
+
+@dataclass
+class _Batch:
+    seq: int
+    records: list[bytes]
+    event_id: bytes | None = None
+
+
+@implementer(IGate)
+class RedisGate:
+    """Admits batches with one Redis script call each, and pushes them.
+
+    Two ways to count.  With a :class:`RedisStateCounter` the script reads the
+    shared hash, caps the batch by ``limit - count``, pushes and counts in one
+    atomic step, so any number of hunters sharing the counter deliver exactly
+    ``limit`` records.  With a :class:`~tidehunter_tx.StateCounter` (a Redis
+    sink, the count kept in this process) records are admitted here and the
+    script only pushes; it leaves no counter key in Redis.
+
+    Where records go: ``target`` (a Redis list or stream) or ``local`` (a file
+    or queue in this process: then only the number of records travels to
+    Redis, to be counted).  Up to ``max_in_flight`` calls are in flight
+    (reading overlaps pushing); at the cap the gate is ``full`` and the stream
+    pauses.  While Redis is away batches wait here (bounded: the stream is
+    paused) and are re-sent in order when it returns; the script's
+    per-producer sequence numbers make a re-sent batch count once.
+    """
+
+    def __init__(
+        self,
+        counter: RedisStateCounter | StateCounter,
+        *,
+        connection: Any = None,
+        target: RedisSpec | None = None,
+        local: Sink | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        shared = isinstance(counter, RedisStateCounter)
+        if connection is None:
+            if not isinstance(counter, RedisStateCounter):
+                raise ValueError("a gate with a local counter needs a connection")
+            connection = counter.connection
+        if (target is None) == (local is None):
+            raise ValueError("give the gate a Redis target or a local sink")
+        if not shared and target is None:
+            raise ValueError("a local counter with a local sink needs no Redis")
+        self.counter: CounterState = counter
+        self._shared_counter = (
+            counter if isinstance(counter, RedisStateCounter) else None
+        )
+        self._local_counter = counter if isinstance(counter, StateCounter) else None
+        self.connection = connection
+        self.local = local
+        self.mode = (
+            "none" if target is None else ("stream" if target.stream else "list")
+        )
+        self.target_key = target.key if target is not None else counter_key(counter)
+        self.maxlen = 0 if target is None else target.maxlen
+        history_owner = counter_key(counter) if shared else self.target_key
+        self.seen_key = f"{history_owner}:producers"
+        self.producer = uuid.uuid4().hex
+        self.max_in_flight = max_in_flight
+        self.max_batch = max_batch
+        self.dropped = 0
+        self.position: bytes | None = None
+        self._seq = 0
+        # Records wait here unnumbered: a batch takes its sequence number when
+        # it is sent, so batches queued behind the cap merge into bigger ones.
+        self._queued: deque[list[bytes]] = deque()
+        # The stream's position after each queued record list.
+        self._queued_ids: deque[bytes | None] = deque()
+        self._in_flight: deque[_Batch] = deque()
+        self._on_drain: DrainCallback | None = None
+        self._listener: IGateListener | None = None
+        self._watching = False
+        self._closing = False
+        self._spilled = False
+        self._idle: list[Deferred[None]] = []
+
+    # -- IGate
+
+    @property
+    def full(self) -> bool:
+        backlog = len(self._in_flight) + len(self._queued)
+        return backlog >= self.max_in_flight or (
+            self.local is not None and self.local.full
+        )
+
+    @property
+    def over(self) -> bool:
+        return not self.counter.started or self.counter.limit_reached
+
+    def set_listener(self, listener: IGateListener | None) -> None:
+        self._listener = listener
+
+    def start(self, limit: int | None) -> Deferred[None]:
+        self._closing = False
+        self._watch_counter()
+        if self._shared_counter is not None:
+            # Join the run; a limit of 0 (or None) leaves the shared one alone.
+            started = self._shared_counter.start(limit or None)
+            return started.addCallback(self._joined)
+        assert self._local_counter is not None
+        if limit is not None:
+            self._local_counter.limit = limit
+        if not self._local_counter.started:
+            self._local_counter.start()
+        return succeed(None)
+
+    def finish(self) -> None:
+        if self._watching:
+            self._watching = False
+            self.counter.remove_stop_listener(self._counter_over)
+        # A shared counter stays as the run left it, for the other hunters and
+        # the consumers; a count kept here ends with this hunter's run.
+        if self._local_counter is not None and self._local_counter.started:
+            self._local_counter.stop()
+
+    def stop(self) -> Deferred[None]:
+        if self._shared_counter is not None:
+            return self._shared_counter.stop()
+        assert self._local_counter is not None
+        self._local_counter.stop()
+        return succeed(None)
+
+    def set_limit(self, limit: int) -> None:
+        self.counter.limit = limit
+        if self.counter.started and self.counter.limit_reached:
+            self._end(Ending.LIMIT)
+
+    def offer(self, records: list[bytes], position: bytes | None) -> None:
+        if self._closing or not records:
+            return
+        local = self._local_counter
+        if local is not None:
+            wanted = len(records)
+            admitted = local.admit(wanted)
+            if admitted < wanted:
+                self.dropped += wanted - admitted
+                records = records[:admitted]
+                position = None
+            if records:
+                self._queue(records, position)
+            if admitted < wanted or local.limit_reached:
+                self._end(Ending.LIMIT if local.started else Ending.STOPPED)
+            return
+        self._queue(records, position)
+
+    def set_drain_callback(self, callback: DrainCallback | None) -> None:
+        self._on_drain = callback
+        if callback is not None and self.local is not None and self.local.full:
+            self.local.set_drain_callback(self._maybe_drained)
+
+    def settled(self) -> Deferred[None]:
+        if not self._in_flight and not self._queued:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._idle.append(waiting)
+        return waiting
+
+    def close(self) -> Deferred[None]:
+        """Stop watching, forget this producer's history, close sink and connection.
+
+        The history stays when records were spilled: it is what lets the
+        script recognise a spilled batch that Redis did apply.
+        """
+        self._closing = True
+        if self._shared_counter is not None:
+            self._shared_counter.close()
+        forgetting: Deferred[Any] = succeed(None)
+        if not self._spilled and not self._in_flight:
+            forgetting = self.connection.hdel(self.seen_key, [self.producer])
+            forgetting.addErrback(lambda _: None)  # Redis away: the TTL ends it
+        closing = forgetting.addCallback(
+            lambda _: self.local.close() if self.local is not None else None
+        )
+        closing.addCallback(lambda _: close_connection(self.connection))
+        return closing.addCallback(lambda _: None)
+
+    # -- what is owed
+
+    def drop_queued(self) -> int:
+        """Forget batches not yet sent (after a stop they would not be admitted).
+
+        Counted in ``dropped`` (and so in Status): never a silent loss.
+        """
+        dropped = sum(len(records) for records in self._queued)
+        self._queued.clear()
+        self._queued_ids.clear()
+        self.dropped += dropped
+        return dropped
+
+    def spill(self, path: str) -> tuple[int, int]:
+        """Write every unconfirmed record to ``path`` (JSON lines); never drop.
+
+        One object per record: ``data``, the ``key`` it was for, and whether it
+        was ``sent`` (Redis may have applied it before the outage; ``producer``
+        and ``seq`` identify its batch, which the admit-and-push script would
+        recognise if re-sent) or never sent.  Returns (sent, unsent) counts.
+        """
+        sent_batches = [(batch.seq, batch.records) for batch in self._in_flight]
+        counts = write_spill(
+            path, self.target_key, self.producer, sent_batches, list(self._queued)
+        )
+        if sum(counts):
+            self._closing = self._spilled = True
+        return counts
+
+    # -- talking to Redis
+
+    def _joined(self, _: object) -> None:
+        assert self._shared_counter is not None
+        self.position = self._shared_counter.last_event_id
+
+    def _watch_counter(self) -> None:
+        if not self._watching:
+            self._watching = True
+            self.counter.add_stop_listener(self._counter_over)
+
+    def _counter_over(self) -> None:
+        """Switched off, or the shared limit reached by another hunter."""
+        counter = self.counter
+        self._end(
+            Ending.LIMIT
+            if counter.started and counter.limit_reached
+            else Ending.STOPPED
+        )
+
+    def _end(self, ending: Ending, reason: Failure | None = None) -> None:
+        if self._listener is not None:
+            self._listener.ended(ending, reason)
+
+    def _queue(self, records: list[bytes], position: bytes | None) -> None:
+        self._queued.append(records)
+        self._queued_ids.append(position)
+        self._pump()
+
+    def _pump(self) -> None:
+        queued = self._queued
+        ids = self._queued_ids
+        while queued and len(self._in_flight) < self.max_in_flight:
+            records, event_id = queued.popleft(), ids.popleft()
+            while queued and len(records) + len(queued[0]) <= self.max_batch:
+                records = records + queued.popleft()
+                event_id = ids.popleft()
+            if len(records) > self.max_batch:
+                # The position belongs with the end of the list: it stays queued.
+                queued.appendleft(records[self.max_batch :])
+                ids.appendleft(event_id)
+                records, event_id = records[: self.max_batch], None
+            self._seq += 1
+            batch = _Batch(self._seq, records, event_id)
+            self._in_flight.append(batch)
+            self._send(batch)
+
+    def _send(self, batch: _Batch, load: bool = False) -> None:
+        head = [
+            self.producer.encode(),
+            b"%d" % batch.seq,
+            self.mode.encode(),
+            b"%d" % self.maxlen,
+            batch.event_id or b"",
+        ]
+        # A local sink keeps the records: only their number goes to Redis.
+        payload = batch.records if self.mode != "none" else [b"%d" % len(batch.records)]
+        counter_key_bytes = (
+            self._shared_counter.key.encode() if self._shared_counter else b""
+        )
+        command = ADMIT_AND_PUSH.encode(
+            [counter_key_bytes, self.target_key.encode(), self.seen_key.encode()],
+            head,
+            payload,
+            load=load,
+        )
+        d = execute_encoded(self.connection, command)
+        d.addCallbacks(
+            self._answered, self._failed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _answered(self, reply: list[Any], batch: _Batch) -> None:
+        admitted, state, count, limit, _replayed = reply
+        admitted = int(admitted)
+        if self._in_flight and self._in_flight[0] is batch:
+            self._in_flight.popleft()
+        elif batch in self._in_flight:
+            self._in_flight.remove(batch)
+        shared = self._shared_counter
+        if shared is not None:
+            shared.update(state, count, limit)
+        if admitted:
+            if self.local is not None:
+                self.local.put(batch.records[:admitted])
+            if admitted == len(batch.records) and batch.event_id:
+                self.position = batch.event_id
+            if self._listener is not None:
+                self._listener.admitted(admitted)
+        if admitted < len(batch.records):
+            self.dropped += len(batch.records) - admitted
+        if shared is not None and (admitted < len(batch.records) or self.over):
+            self.drop_queued()
+            self._end(Ending.LIMIT if shared.started else Ending.STOPPED)
+        self._pump()
+        self._after_answer()
+
+    def _failed(self, failure: Failure, batch: _Batch) -> None:
+        if (
+            self._closing
+            and not self._spilled
+            and failure.check(txredisapi.ConnectionError)
+        ):
+            return  # closed on purpose
+        if failure.check(txredisapi.ConnectionError) and not self._spilled:
+            # Lost with the connection: maybe applied, maybe not.  Re-send it
+            # (it waits for the reconnect); the sequence number makes it count
+            # once.  Failures arrive in send order, so order is kept.
+            self._send(batch)
+            return
+        if is_noscript(failure) and not self._spilled:
+            # Redis forgot the script (restarted, flushed): send it in full.
+            # Answers come in send order, so every batch after this one is
+            # re-sent after it, and the order of the records holds.
+            self._send(batch, load=True)
+            return
+        if self._spilled:
+            return
+        log.failure("tidehunter: Redis refused a batch", failure)
+        if batch in self._in_flight:
+            self._in_flight.remove(batch)
+        self._end(Ending.FAILED, failure)
+        self._after_answer()
+
+    def _after_answer(self) -> None:
+        if not self._in_flight and not self._queued:
+            idle, self._idle = self._idle, []
+            for waiting in idle:
+                waiting.callback(None)
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self._on_drain is None:
+            return
+        if not self.full:
+            callback, self._on_drain = self._on_drain, None
+            callback()
+        elif self.local is not None and self.local.full:
+            # Answers filled the local sink: wait for it, not for Redis.
+            self.local.set_drain_callback(self._maybe_drained)
+
+
+def counter_key(counter: RedisStateCounter | StateCounter) -> str:
+    """The Redis key a counter lives at (a local counter has none)."""
+    return counter.key if isinstance(counter, RedisStateCounter) else ""

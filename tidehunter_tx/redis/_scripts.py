@@ -1,0 +1,134 @@
+"""The Lua scripts, and calling them by SHA with a fallback on ``NOSCRIPT``.
+
+Every batch carries (producer id, sequence number); the admit-and-push script
+remembers the last few it applied per producer, so a batch re-sent after a
+lost connection is applied exactly once, whatever happened to the first try.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import txredisapi
+from twisted.python.failure import Failure
+
+from ._connection import encode_command
+
+__all__ = ["ADMIT_AND_PUSH", "HISTORY", "START", "STOP", "Script", "is_noscript"]
+
+#: Applied (seq, admitted) pairs remembered per producer for re-sent batches.
+HISTORY = 32
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, sent once in full and then called by its SHA1."""
+
+    source: bytes
+
+    @property
+    def sha(self) -> bytes:
+        return hashlib.sha1(self.source).hexdigest().encode()
+
+    def encode(self, keys: list[bytes], *args: list[bytes], load: bool) -> bytes:
+        """``EVALSHA`` (or, to load it, ``EVAL``) as RESP bytes."""
+        name, body = (b"EVAL", self.source) if load else (b"EVALSHA", self.sha)
+        return encode_command(name, [body, b"%d" % len(keys)], keys, *args)
+
+
+def is_noscript(failure: Failure) -> bool:
+    """Redis does not know the script (restarted, or ``SCRIPT FLUSH``)."""
+    error = failure.check(txredisapi.ResponseError) and failure.value
+    return bool(error) and str(error).startswith("NOSCRIPT")
+
+
+# KEYS: counter hash ('' when the count is kept in the hunter), target, history.
+# ARGV: producer, seq, mode (list | stream | none), maxlen, event id, then the
+# records, or (mode none: the records stay in the hunter) just their number.
+ADMIT_AND_PUSH = Script(
+    b"""
+local counter, target, seen = KEYS[1], KEYS[2], KEYS[3]
+local producer, seq, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local maxlen = tonumber(ARGV[4])
+local event_id = ARGV[5]
+local state, count, limit = '1', 0, 0
+if counter ~= '' then
+  local fields = redis.call('HMGET', counter, 'state', 'count', 'limit')
+  state = fields[1] or '0'
+  count = tonumber(fields[2] or '0')
+  limit = tonumber(fields[3] or '0')
+end
+local history = redis.call('HGET', seen, producer) or '0|'
+local last, past = string.match(history, '^(%d+)|(.*)$')
+if seq <= tonumber(last) then
+  local replay = 0
+  for s, a in string.gmatch(past, '(%d+):(%d+),') do
+    if tonumber(s) == seq then replay = tonumber(a) end
+  end
+  return {replay, state, count, limit, 1}
+end
+local n = #ARGV - 5
+if mode == 'none' then n = tonumber(ARGV[6]) end
+local admitted = 0
+if state == '1' then
+  admitted = n
+  if limit > 0 then admitted = math.max(0, math.min(n, limit - count)) end
+  if admitted > 0 then
+    if mode == 'list' then
+      redis.call('RPUSH', target, unpack(ARGV, 6, 5 + admitted))
+    elseif mode == 'stream' then
+      for i = 6, 5 + admitted do
+        if maxlen > 0 then
+          redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', 'data', ARGV[i])
+        else
+          redis.call('XADD', target, '*', 'data', ARGV[i])
+        end
+      end
+    end
+    if counter ~= '' then
+      count = redis.call('HINCRBY', counter, 'count', admitted)
+    end
+  end
+  -- Where an event stream stands, stored with the push it belongs to, so a
+  -- restarted hunter resumes exactly after the last event delivered.
+  if counter ~= '' and event_id ~= '' and admitted == n then
+    redis.call('HSET', counter, 'last_event_id', event_id)
+  end
+end
+past = past .. seq .. ':' .. admitted .. ','
+local keep = 0
+for _ in string.gmatch(past, ',') do keep = keep + 1 end
+while keep > HISTORY do
+  past = string.gsub(past, '^[^,]*,', '', 1)
+  keep = keep - 1
+end
+redis.call('HSET', seen, producer, seq .. '|' .. past)
+redis.call('EXPIRE', seen, 86400)
+return {admitted, state, count, limit, 0}
+""".replace(b"HISTORY", b"%d" % HISTORY)
+)
+
+# techies semantics: a start or a stop moves count into total.  Joining a run
+# that is already on leaves it alone, so hunters sharing a counter do not reset
+# each other's count.
+START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= '1' then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+  redis.call('HINCRBY', KEYS[1], 'total', count)
+  redis.call('HSET', KEYS[1], 'count', 0, 'state', 1)
+end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[1]) end
+return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit', 'last_event_id')
+"""
+
+STOP = """
+if redis.call('HGET', KEYS[1], 'state') == '1' then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+  redis.call('HINCRBY', KEYS[1], 'total', count)
+  redis.call('HSET', KEYS[1], 'count', 0)
+end
+redis.call('HSET', KEYS[1], 'state', 0)
+return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit')
+"""
