@@ -430,3 +430,71 @@ async def test_redis_counter_with_a_slow_local_queue_keeps_flowing(
     assert [json.loads(r)["id"] for r in got] == list(range(3000))
     counter.close()
     await connection.disconnect()
+
+
+def test_a_redis_sink_with_a_memory_counter_leaves_only_the_list(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    daemon = hunt(
+        daemons,
+        tmp_path,
+        f"{firehose_process}/firehose?size=100",
+        "--limit",
+        "3000",
+        "--sink",
+        redis_server.url(key="q"),
+    )
+    assert daemon.wait(timeout=30) == 0, daemon.output()
+    assert list_ids(redis_server, "q") == list(range(3000))
+    assert redis_server.command("KEYS", "*") == [b"q"]
+
+
+def _net_input_bytes(server: RedisServer) -> int:
+    info = server.command("INFO", "stats")
+    assert isinstance(info, bytes)
+    for line in info.decode().splitlines():
+        if line.startswith("total_net_input_bytes:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no total_net_input_bytes in INFO")
+
+
+def test_a_redis_counter_with_a_file_sink_sends_counts_not_records(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    before = _net_input_bytes(redis_server)
+    out = tmp_path / "out.jsonl"
+    daemon = hunt(
+        daemons,
+        tmp_path,
+        f"{firehose_process}/firehose?size=200",
+        "--limit",
+        "20000",
+        "--sink",
+        f"file:{out}",
+        "--counter",
+        redis_server.url(key="sc"),
+    )
+    assert daemon.wait(timeout=30) == 0, daemon.output()
+    lines = out.read_bytes().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == list(range(20000))
+    assert redis_server.hgetall("sc")["count"] == "20000"
+    sent = _net_input_bytes(redis_server) - before
+    assert sent < 20000 * 200 / 10, f"{sent} bytes went to Redis for 4 MB of records"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flushed_script_cache_is_reloaded_and_nothing_is_lost(
+    firehose, redis_server
+):
+    spec = parse_redis_spec(redis_server.url(key="sc"))
+    target = parse_redis_spec(redis_server.url(key="q"))
+    counter = RedisStateCounter(connect(spec), spec.key)
+    h = Hunter(
+        f"{firehose}/firehose?size=60&rate=4000", gate=RedisGate(counter, target=target)
+    )
+    run = h.tide_on(limit=2000)
+    await wait_for(lambda: h.delivered >= 200)
+    assert redis_server.command("SCRIPT", "FLUSH") == "OK"
+    await run
+    await h.close()
+    assert list_ids(redis_server, "q") == list(range(2000))
