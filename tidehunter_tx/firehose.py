@@ -118,6 +118,8 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from ._reactor import global_reactor, or_global_reactor
+
 __all__ = [
     "Drop",
     "Fault",
@@ -1302,10 +1304,7 @@ def make_site(
     clock: IReactorTime | None = None, stats: FirehoseStats | None = None
 ) -> FirehoseSite:
     """Build the emulator; ``clock`` defaults to the global reactor."""
-    if clock is None:
-        from twisted.internet import reactor
-
-        clock = cast(IReactorTime, reactor)
+    clock = or_global_reactor(clock)
     return FirehoseSite(FirehoseRoot(clock, stats))
 
 
@@ -1324,8 +1323,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
     options = parser.parse_args(argv)
-
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     globalLogBeginner.beginLoggingTo(
         [textFileLogObserver(sys.stderr)], redirectStandardIO=False
