@@ -498,3 +498,19 @@ async def test_a_flushed_script_cache_is_reloaded_and_nothing_is_lost(
     await run
     await h.close()
     assert list_ids(redis_server, "q") == list(range(2000))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stream_that_ends_at_the_limit_is_not_reconnected(
+    firehose, redis_server
+):
+    # Redis answers after the body has ended: the run waits for those answers
+    # (they reach the limit) instead of reconnecting for records it cannot use.
+    spec = parse_redis_spec(redis_server.url(key="sc"))
+    counter = RedisStateCounter(connect(spec), spec.key)
+    h = Hunter(f"{firehose}/firehose?size=60&count=3000", sc=counter, reconnect=True)
+    await h.tide_on(limit=3000)
+    await h.close()
+    assert len(h.q.pending) == 3000
+    assert h.status()["reconnects"] == 0
+    assert redis_server.hgetall("sc")["count"] == "3000"

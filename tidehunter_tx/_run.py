@@ -165,7 +165,8 @@ def _build() -> Any:
     backing_off.upon(RunMachine.connect).to(connecting).returns(None)
     connecting.upon(RunMachine.read_error).to(reading_error).returns(None)
     connecting.upon(RunMachine.stream).to(streaming).returns(None)
-    live: tuple[Any, ...] = (connecting, reading_error, streaming)
+    # backing_off -> backing_off: waiting for the gate to settle, then the delay.
+    live: tuple[Any, ...] = (connecting, reading_error, streaming, backing_off)
     for state in live:
         state.upon(RunMachine.back_off).to(backing_off).returns(None)
     for state in every:

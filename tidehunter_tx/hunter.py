@@ -593,6 +593,8 @@ class Hunter:
                 if not self.reconnect:
                     raise error from failed
             else:
+                if response is not None and outcome.ending in _UNDECIDED:
+                    await self._settle_offered()
                 if response is None or self._over():
                     return response or last_response
                 last_response = response
@@ -630,6 +632,19 @@ class Hunter:
                 raise GaveUp(decision.reason, error)
             await self._wait_to_reconnect(kind, decision.delay)
         return last_response
+
+    async def _settle_offered(self) -> None:
+        """Let every record read have its fate before deciding what comes next.
+
+        A Redis gate answers late: the records of a stream that just ended
+        may still reach the limit, and then the run is over, not reconnected.
+        """
+        settling = self.gate.settled()
+        if settling.called:
+            return
+        self._run.back_off(BackoffWait(settling, 0.0))
+        with contextlib.suppress(CancelledError):  # the off switch
+            await settling
 
     async def _connect_once(self) -> tuple[_Response | None, StreamOutcome]:
         """One request and, for a 2xx answer, its whole body."""
@@ -737,6 +752,10 @@ class Hunter:
         self._run.back_off(BackoffWait(waiting, delay))
         with contextlib.suppress(CancelledError):  # the off switch
             await waiting
+
+
+#: Connection endings after which the run may go on.
+_UNDECIDED = (Ending.ENDED, Ending.FAILED, Ending.STALLED)
 
 
 def _text(value: str | bytes) -> str:

@@ -66,7 +66,7 @@ class RedisGate:
         connection: Any = None,
         target: RedisSpec | None = None,
         local: Sink | None = None,
-        max_in_flight: int = MAX_IN_FLIGHT,
+        max_in_flight: int | None = None,
         max_batch: int = MAX_BATCH,
     ) -> None:
         shared = isinstance(counter, RedisStateCounter)
@@ -93,11 +93,12 @@ class RedisGate:
         history_owner = counter_key(counter) if shared else self.target_key
         self.seen_key = f"{history_owner}:producers"
         self.producer = uuid.uuid4().hex
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = MAX_IN_FLIGHT if max_in_flight is None else max_in_flight
         self.max_batch = max_batch
         self.dropped = 0
         self.position: bytes | None = None
         self._seq = 0
+        self._script_sent = False
         # Records wait here unnumbered: a batch takes its sequence number when
         # it is sent, so batches queued behind the cap merge into bigger ones.
         self._queued: deque[list[bytes]] = deque()
@@ -288,6 +289,9 @@ class RedisGate:
             self._send(batch)
 
     def _send(self, batch: _Batch, load: bool = False) -> None:
+        # The first call sends the script in full; calls pipelined behind it
+        # find it loaded.  A Redis that forgot it answers NOSCRIPT (see _failed).
+        load = load or not self._script_sent
         head = [
             self.producer.encode(),
             b"%d" % batch.seq,
@@ -307,6 +311,7 @@ class RedisGate:
             load=load,
         )
         d = execute_encoded(self.connection, command)
+        self._script_sent = True
         d.addCallbacks(
             self._answered, self._failed, callbackArgs=(batch,), errbackArgs=(batch,)
         )
