@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,dev]'
 	@touch $@
 
+# The benchmarks also compare against httpx (the `bench` extra).
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,dev,bench]'
+	@touch $@
+
 # The tests start their own redis-server on a free port; only the binary is needed.
 redis-server:
 	@if ! command -v redis-server >/dev/null 2>&1; then \
@@ -35,7 +40,7 @@ check: $(VENV)/.installed
 	$(BIN)/ruff format --check tidehunter_tx twisted tests benchmarks
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed redis-server
+bench: $(VENV)/.installed-bench redis-server
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/redis_throughput.py
 

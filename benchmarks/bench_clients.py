@@ -9,6 +9,13 @@ Clients:
 
 - ``ours``: ``tidehunter_tx.Hunter``; a consumer coroutine takes every record
   with ``await h.q.get()`` while ``tide_on(limit=N)`` runs.
+- ``records``: ``tidehunter_tx.Hunter``; ``run = h.tide_on(limit=N)``, then
+  ``async for record in h.records()``, then ``await run``.
+- ``batches``: the same with ``async for batch in h.batches(max_batch=10000)``
+  (each batch a list of records).
+- ``httpx``: what a user would pick instead: ``httpx.AsyncClient().stream("GET",
+  url)`` and ``async for line in response.aiter_lines()`` under
+  ``asyncio.run``, counting the non-empty lines.
 - ``orig``: ``tidehunter.Hunter`` 1.0.1 (requests) into its stdlib ``Queue``;
   ``tide_on(limit=N)``, then ``q.get()`` for every record.
 - ``treq``: the ceiling; raw treq with ``unbuffered=True`` and a body protocol
@@ -27,6 +34,8 @@ import time
 from typing import Any
 
 Result = dict[str, Any]
+#: ``max_batch`` of the ``batches`` client.
+BATCH = 10_000
 
 
 def status_kib(field: str) -> int | None:
@@ -122,6 +131,110 @@ def run_ours(url: str, wanted: int) -> Result:
     return result
 
 
+def run_hunter_iterator(url: str, wanted: int, batched: bool) -> Result:
+    """tidehunter-tx: ``h.records()`` (or ``h.batches()``) while the run goes on."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+
+    from tidehunter_tx import Hunter
+
+    result: Result = {}
+
+    async def main() -> None:
+        h = Hunter(url)
+        got = 0
+        first = last = b""
+        result["rss_start_kib"] = status_kib("VmRSS")
+        start = time.perf_counter()
+        run = h.tide_on(limit=wanted)
+        if batched:
+            batches = 0
+            async for batch in h.batches(max_batch=BATCH):
+                if not batch:
+                    continue
+                if not got:
+                    first = batch[0]
+                got += len(batch)
+                last = batch[-1]
+                batches += 1
+            result["batches"] = batches
+        else:
+            async for record in h.records():
+                got += 1
+                if got == 1:
+                    first = record
+                last = record
+        finished = time.perf_counter()
+        problem = None
+        try:
+            await run
+        except Exception as error:
+            problem = f"tide_on failed: {error!r}"
+        leftover = len(h.q.pending)
+        if problem is None:
+            problem = check_ends(got, wanted, first, last)
+        if problem is None and leftover:
+            problem = f"{leftover} records past the limit were queued"
+        result.update(records=got, seconds=finished - start, problem=problem)
+
+    def run() -> None:
+        done = ensureDeferred(main())
+        done.addErrback(lambda f: result.update(problem=f.getTraceback()))
+        done.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    return result
+
+
+def run_records(url: str, wanted: int) -> Result:
+    """tidehunter-tx: ``async for record in h.records()``."""
+    return run_hunter_iterator(url, wanted, batched=False)
+
+
+def run_batches(url: str, wanted: int) -> Result:
+    """tidehunter-tx: ``async for batch in h.batches(max_batch=10000)``."""
+    return run_hunter_iterator(url, wanted, batched=True)
+
+
+def run_httpx(url: str, wanted: int) -> Result:
+    """httpx under asyncio: ``aiter_lines()``, counting the non-empty lines."""
+    import asyncio
+
+    import httpx
+
+    async def main() -> Result:
+        got = 0
+        first = last = ""
+        async with httpx.AsyncClient() as client:
+            rss_start = status_kib("VmRSS")
+            start = time.perf_counter()
+            async with client.stream("GET", url) as response:
+                status = response.status_code
+                async for line in response.aiter_lines():
+                    if line:
+                        got += 1
+                        if got == 1:
+                            first = line
+                        last = line
+            finished = time.perf_counter()
+        problem = None if status == 200 else f"HTTP status {status}"
+        if problem is None:
+            problem = check_ends(got, wanted, first.encode(), last.encode())
+        return {
+            "records": got,
+            "seconds": finished - start,
+            "problem": problem,
+            "rss_start_kib": rss_start,
+            "httpx": httpx.__version__,
+        }
+
+    try:
+        return asyncio.run(main())
+    except Exception as error:
+        return {"problem": f"httpx failed: {error!r}"}
+
+
 def run_orig(url: str, wanted: int) -> Result:
     """tidehunter 1.0.1: fill the stdlib Queue, then take every record out."""
     import tidehunter  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -204,7 +317,14 @@ def run_treq(url: str, wanted: int) -> Result:
     return result
 
 
-CLIENTS = {"ours": run_ours, "orig": run_orig, "treq": run_treq}
+CLIENTS = {
+    "ours": run_ours,
+    "records": run_records,
+    "batches": run_batches,
+    "httpx": run_httpx,
+    "orig": run_orig,
+    "treq": run_treq,
+}
 
 
 def main() -> int:

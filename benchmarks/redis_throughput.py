@@ -18,8 +18,16 @@ drift on the machine hits every client alike:
   exactly as a user runs it; LLEN is polled every millisecond and the clock runs
   from the first record seen in Redis to LLEN == N (records counted in that
   window); the wall time from exec to exit is reported too.
+- ``file_memory`` and ``file_redis``: the same daemon with ``--sink file:PATH``,
+  once with the in-memory counter (the default) and once with
+  ``--counter redis://...``: what a shared Redis counter costs a local sink.
+  The file's size is polled every millisecond (the file sink flushes whole
+  batches); the clock runs from the first record in the file to N records.
+  Reported as a time ratio, Redis counter over memory counter, the median of
+  the per-repetition ratios (target: within 1.3x).
 
-Every run must leave exactly N records with ids 0 and N-1 at the ends.  The
+Every run must leave exactly N records with ids 0 and N-1 at the ends (and a
+Redis counter must have counted N).  The
 ceiling and the original run from ``benchmarks/.venv-redis`` (Python 3.11,
 redis-py + hiredis, tidehunter 1.0.1, techies 0.2.0), created on first use; this
 file is also their client (``--client``), so it imports only the stdlib at the
@@ -36,6 +44,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -75,6 +84,14 @@ LABELS = {
     "orig": "tidehunter 1.0.1 + techies 0.2.0",
     "ours": "tidehunter-tx daemon, `--sink redis://`",
 }
+#: The file-sink pair: same daemon, same sink, the counter in memory or Redis.
+FILE_LABELS = {
+    "file_memory": "daemon `--sink file:PATH`, `--counter memory`",
+    "file_redis": "daemon `--sink file:PATH`, `--counter redis://...`",
+}
+#: The Redis counter's run may take at most this many times the memory one's.
+FILE_TARGET = 1.3
+LINE_BYTES = 201  # bench_server.py: 200-byte records plus b"\n"
 Result = dict[str, Any]
 
 
@@ -289,7 +306,13 @@ def run_ours(rs: ModuleType, redis: Any, url: str, records: int) -> Result:
                 argv, cwd=tmp, stdout=out, stderr=subprocess.STDOUT
             )
             try:
-                result = watch_ours(client, daemon, records, started)
+                result = watch(
+                    lambda: int(client.command("LLEN", QUEUE_KEY)),
+                    "LLEN",
+                    daemon,
+                    records,
+                    started,
+                )
             finally:
                 if daemon.poll() is None:
                     daemon.kill()
@@ -301,22 +324,90 @@ def run_ours(rs: ModuleType, redis: Any, url: str, records: int) -> Result:
             result["counter"] = rs.RedisServer.hgetall(redis, COUNTER_KEY)
         if result.get("problem") is None:
             result["problem"] = check_ends(count, records, first, last)
-        if result["problem"] is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            result["problem"] += " | daemon log: " + " | ".join(tail)
+        finish_daemon_result(result, log_path)
     return result
 
 
-def watch_ours(
-    client: Any, daemon: subprocess.Popen[bytes], records: int, started: float
+def run_file(
+    rs: ModuleType, redis: Any, url: str, records: int, redis_counter: bool
 ) -> Result:
-    """Poll LLEN until N (or the daemon dies); then wait for it to exit 0."""
+    """The daemon into a file, its counter in memory or in Redis."""
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(prefix="th-bench-") as tmp:
+        path = Path(tmp) / "records.jsonl"
+        argv = [str(bin_dir / "twistd"), "-n", "--pidfile=", "tidehunter"]
+        argv += ["--url", url, "--limit", str(records), "--sink", f"file:{path}"]
+        if redis_counter:
+            argv += ["--counter", redis.url(key=COUNTER_KEY)]
+        argv += ["--control", f"unix:{tmp}/th.sock:mode=600"]
+        log_path = Path(tmp) / "daemon.log"
+
+        def in_file() -> int:
+            try:
+                return path.stat().st_size // LINE_BYTES
+            except FileNotFoundError:
+                return 0
+
+        with open(log_path, "wb") as out:
+            started = time.perf_counter()
+            daemon = subprocess.Popen(
+                argv, cwd=tmp, stdout=out, stderr=subprocess.STDOUT
+            )
+            try:
+                result = watch(in_file, "records in the file", daemon, records, started)
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+                    daemon.wait()
+        if result.get("problem") is None:
+            result["problem"] = check_file(path, records)
+        if redis_counter:
+            counter = rs.RedisServer.hgetall(redis, COUNTER_KEY)
+            result["counter"] = counter
+            if result["problem"] is None and counter.get("count") != str(records):
+                result["problem"] = f"Redis counter {counter}, wanted count {records}"
+        finish_daemon_result(result, log_path)
+    return result
+
+
+def check_file(path: Path, wanted: int) -> str | None:
+    """Why the file is wrong, or None: N lines, ids 0 and N-1 at the ends."""
+    data = path.read_bytes()
+    lines = data.count(b"\n")
+    if lines != wanted or not data.endswith(b"\n"):
+        return f"{lines} lines in the file, wanted {wanted}"
+    first = data[: data.index(b"\n")]
+    last = data[data.rindex(b"\n", 0, len(data) - 1) + 1 : -1] if wanted > 1 else first
+    ends = [json.loads(first)["id"], json.loads(last)["id"]]
+    if ends != [0, wanted - 1]:
+        return f"ids run {ends[0]}..{ends[1]}, wanted 0..{wanted - 1}"
+    return None
+
+
+def finish_daemon_result(result: Result, log_path: Path) -> None:
+    """Add the reconnects the daemon logged; on a problem, the log's tail."""
+    text = log_path.read_text(errors="replace")
+    found = re.findall(r"(\d+) reconnects", text)
+    result["reconnects"] = int(found[-1]) if found else None
+    if result.get("problem") is not None:
+        tail = text.strip().splitlines()[-3:]
+        result["problem"] += " | daemon log: " + " | ".join(tail)
+
+
+def watch(
+    progress: Callable[[], int],
+    what: str,
+    daemon: subprocess.Popen[bytes],
+    records: int,
+    started: float,
+) -> Result:
+    """Poll ``progress`` until N (or the daemon dies); then wait for exit 0."""
     deadline = started + RUN_TIMEOUT
     first_deadline = started + FIRST_RECORD_TIMEOUT
     first_at = last_at = None
     first_len = count = 0
     while count < records:
-        count = client.command("LLEN", QUEUE_KEY)
+        count = progress()
         now = time.perf_counter()
         if count and first_at is None:
             first_at, first_len = now, count
@@ -324,14 +415,14 @@ def watch_ours(
             last_at = now
             break
         if daemon.poll() is not None:
-            return {"problem": f"exited {daemon.returncode} with LLEN {count}"}
+            return {"problem": f"exited {daemon.returncode} with {what} {count}"}
         if now > deadline or (first_at is None and now > first_deadline):
-            return {"problem": f"LLEN {count} after {now - started:.0f} s"}
+            return {"problem": f"{what} {count} after {now - started:.0f} s"}
         time.sleep(POLL)
     try:
         code = daemon.wait(timeout=EXIT_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return {"problem": f"still running {EXIT_TIMEOUT:.0f} s after LLEN reached N"}
+        return {"problem": f"still running {EXIT_TIMEOUT:.0f} s after {what} reached N"}
     assert first_at is not None and last_at is not None
     return {
         "records": records - first_len,
@@ -348,10 +439,15 @@ class Runs:
 
     client: str
     records: int
-    rates: list[float] = field(default_factory=list)
+    #: records/s of each repetition in order; None where that run failed.
+    by_rep: list[float | None] = field(default_factory=list)
     raw: list[Result] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     skipped: str | None = None
+
+    @property
+    def rates(self) -> list[float]:
+        return [rate for rate in self.by_rep if rate is not None]
 
     @property
     def median(self) -> float | None:
@@ -361,10 +457,82 @@ class Runs:
         """Keep one run's result; say how it went."""
         self.raw.append(result)
         if result.get("problem"):
+            self.by_rep.append(None)
             self.failures.append(f"run {rep}: {result['problem']}")
             return f"failed ({result['problem']})"
-        self.rates.append(result["records"] / result["seconds"])
+        self.by_rep.append(result["records"] / result["seconds"])
         return f"{self.rates[-1]:,.0f} records/s"
+
+    def walls(self) -> list[float | None]:
+        """Exec-to-exit seconds of each repetition; None where it failed."""
+        return [None if x.get("problem") else x.get("wall_seconds") for x in self.raw]
+
+
+def time_ratios(slow: Runs, fast: Runs) -> tuple[list[float], list[float]]:
+    """Per repetition, ``slow``'s time over ``fast``'s: per record in the
+    streaming window (``fast``'s rate over ``slow``'s) and exec to exit."""
+    window = [
+        f / s
+        for s, f in zip(slow.by_rep, fast.by_rep, strict=False)
+        if s and f is not None
+    ]
+    wall = [
+        s / f
+        for s, f in zip(slow.walls(), fast.walls(), strict=False)
+        if s is not None and f
+    ]
+    return window, wall
+
+
+def file_report(runs: dict[str, Runs]) -> list[str]:
+    """The file-sink pair: its table, its time ratios and the target."""
+    memory, shared = runs["file_memory"], runs["file_redis"]
+    out = [
+        "",
+        "file sink, counter in memory vs in Redis (same interleaved run); "
+        "time ratio = median over repetitions of (Redis counter's time / memory "
+        "counter's time) in the same round",
+        "",
+        "| client | records/run | median records/s | min-max records/s "
+        "| median exec-to-exit s | reconnects | time vs memory counter "
+        "| exec-to-exit vs memory counter |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    window, wall = time_ratios(shared, memory)
+    for name, label in FILE_LABELS.items():
+        r = runs[name]
+        spread = f"{min(r.rates):,.0f}-{max(r.rates):,.0f}" if r.rates else "failed"
+        median = "n/a" if r.median is None else f"{r.median:,.0f}"
+        walls = [w for w in r.walls() if w is not None]
+        wall_s = f"{statistics.median(walls):.2f}" if walls else "n/a"
+        reconnects = ",".join(str(x.get("reconnects")) for x in r.raw) or "n/a"
+        if name == "file_memory":
+            versus = "1.00x | 1.00x"
+        else:
+            versus = " | ".join(
+                f"{statistics.median(x):.2f}x" if x else "n/a" for x in (window, wall)
+            )
+        out.append(
+            f"| {label} | {r.records:,} | {median} | {spread} | {wall_s} "
+            f"| {reconnects} | {versus} |"
+        )
+    out += [
+        "",
+        f"target: Redis counter within {FILE_TARGET:g}x of the memory "
+        "counter's time (median of per-repetition ratios):",
+    ]
+    for what, ratios in (
+        ("streaming window (first record to N in the file)", window),
+        ("exec to exit", wall),
+    ):
+        if not ratios:
+            out.append(f"- {what}: NOT MEASURED (no paired runs)")
+            continue
+        got = statistics.median(ratios)
+        verdict = "HELD" if got <= FILE_TARGET else "MISSED"
+        each = ", ".join(f"{x:.2f}x" for x in ratios)
+        out.append(f"- {what}: {verdict} ({got:.2f}x; per repetition: {each})")
+    return out
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
@@ -437,6 +605,7 @@ def report(runs: dict[str, Runs], info: dict[str, str], args: Any) -> str:
             f"({ours / orig:,.0f}x); >= 0.75x ceiling: {ours / ceiling >= 0.75} "
             f"({ours / ceiling:.2f}x)"
         )
+    out += file_report(runs)
     out += [
         "",
         f"machine: nproc {info['nproc']}, {info['cpu']}, {info['os']}; "
@@ -444,6 +613,7 @@ def report(runs: dict[str, Runs], info: dict[str, str], args: Any) -> str:
         f"redis-py {info['redis_py']}, hiredis {info['hiredis']}; "
         f"twisted {info['twisted']}, "
         f"txredisapi {info['txredisapi']}",
+        f"date: {info['date']}",
         f"command: `{args.command}`",
     ]
     for r in runs.values():
@@ -461,6 +631,8 @@ def benchmark(args: Any) -> int:
         "ceiling": Runs("ceiling", args.records),
         "orig": Runs("orig", args.orig_records),
         "ours": Runs("ours", args.records),
+        "file_memory": Runs("file_memory", args.records),
+        "file_redis": Runs("file_redis", args.records),
     }
     python, why_not = ensure_redis_venv()
     if python is None:
@@ -470,6 +642,7 @@ def benchmark(args: Any) -> int:
     feed, feed_port = start_feed(max(args.records, args.orig_records))
     url = f"http://{HOST}:{feed_port}/"
     client_info: Result = {}
+    date = time.strftime("%Y-%m-%d %H:%M:%S %z")
     try:
         with rs.RedisServer() as redis:
             version = redis.command("INFO", "server").decode()
@@ -481,6 +654,10 @@ def benchmark(args: Any) -> int:
                     redis.command("FLUSHDB")
                     if name == "ours":
                         result = run_ours(rs, redis, url, r.records)
+                    elif name in FILE_LABELS:
+                        result = run_file(
+                            rs, redis, url, r.records, name == "file_redis"
+                        )
                     elif name == "raw":
                         result = run_client(
                             Path(sys.executable), name, url, redis.port, r.records
@@ -494,15 +671,17 @@ def benchmark(args: Any) -> int:
         feed.kill()
         feed.wait()
     info = machine(redis_version, client_info)
+    info["date"] = date
     print(report(runs, info, args))
     if args.json:
+        window, wall = time_ratios(runs["file_redis"], runs["file_memory"])
         numbers = {
             "command": args.command,
             "machine": info,
             "repeat": args.repeat,
             "clients": {
                 name: {
-                    "label": LABELS[name],
+                    "label": {**LABELS, **FILE_LABELS}[name],
                     "records_per_run": r.records,
                     "median_records_per_s": r.median,
                     "min_records_per_s": min(r.rates, default=None),
@@ -513,6 +692,13 @@ def benchmark(args: Any) -> int:
                     "runs": r.raw,
                 }
                 for name, r in runs.items()
+            },
+            "file_sink_redis_vs_memory_counter": {
+                "target_max_time_ratio": FILE_TARGET,
+                "time_ratio_window": statistics.median(window) if window else None,
+                "time_ratio_exec_to_exit": statistics.median(wall) if wall else None,
+                "time_ratios_window_by_repetition": window,
+                "time_ratios_exec_to_exit_by_repetition": wall,
             },
         }
         args.json.write_text(json.dumps(numbers, indent=2) + "\n")

@@ -2,10 +2,13 @@
 
 One run compares like with like: one precomputed feed server for the whole run
 (``bench_server.py``, a separate process), and every timed run of every client
-in a fresh interpreter (``bench_clients.py``), interleaved ours, original,
-raw treq, ours, ... so drift on the machine hits all three alike.  The
-original ``tidehunter==1.0.1`` gets its own Python 3.11 venv, created on first
-use.  Reports the median records/s, the spread, the ratios and the peak RSS.
+in a fresh interpreter (``bench_clients.py``), interleaved ours, records,
+batches, httpx, original, raw treq, ours, ... so drift on the machine hits
+every client alike.  The original ``tidehunter==1.0.1`` gets its own Python 3.11
+venv, created on first use; httpx comes from the ``bench`` extra.  Reports the
+median records/s, the spread, the ratios and the peak RSS.  A ratio is the
+median of the per-repetition ratios: repetition i of one client over
+repetition i of the other, both from the same interleaved round.
 
     python benchmarks/throughput.py [--repeat 5] [--records 1000000] [--json PATH]
 """
@@ -13,6 +16,7 @@ use.  Reports the median records/s, the spread, the ratios and the peak RSS.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -37,9 +41,27 @@ ORIG_PYTHON = ORIG_VENV / "bin" / "python"
 #: Table order and labels; the keys are ``bench_clients.py`` client names.
 LABELS = {
     "ours": "tidehunter-tx `Hunter` -> `await h.q.get()`",
+    "records": "tidehunter-tx `async for record in h.records()`",
+    "batches": "tidehunter-tx `async for batch in h.batches(max_batch=10000)`",
+    "httpx": "httpx `AsyncClient().stream()` -> `aiter_lines()` (asyncio)",
     "orig": "tidehunter 1.0.1 -> stdlib `Queue`",
     "treq": "raw treq, count newlines (ceiling)",
 }
+#: Short names for the targets' lines.
+SHORT = {
+    "ours": "ours (`await h.q.get()`)",
+    "records": "records (`h.records()`)",
+    "batches": "batches (`h.batches(max_batch=10000)`)",
+    "httpx": "httpx",
+    "orig": "original (tidehunter 1.0.1)",
+    "treq": "raw treq",
+}
+#: (client, baseline, minimum ratio): what ``report`` checks and prints.
+TARGETS = (
+    ("records", "httpx", 1.3),
+    ("batches", "httpx", 3.0),
+    ("ours", "orig", 3.0),
+)
 SERVER_START_TIMEOUT = 120.0
 RUN_TIMEOUT = 300.0
 MIB = 1024
@@ -50,7 +72,8 @@ class Runs:
     """Every repetition of one client."""
 
     client: str
-    rates: list[float] = field(default_factory=list)
+    #: records/s of each repetition in order; None where that run failed.
+    by_rep: list[float | None] = field(default_factory=list)
     peak_rss_kib: list[int] = field(default_factory=list)
     start_rss_kib: list[int] = field(default_factory=list)
     raw: list[dict[str, Any]] = field(default_factory=list)
@@ -58,8 +81,34 @@ class Runs:
     skipped: str | None = None
 
     @property
+    def rates(self) -> list[float]:
+        return [rate for rate in self.by_rep if rate is not None]
+
+    @property
     def median(self) -> float | None:
         return statistics.median(self.rates) if self.rates else None
+
+
+def paired_ratios(runs: Runs, base: Runs) -> list[float]:
+    """Repetition i of ``runs`` over repetition i of ``base``, where both ran."""
+    return [
+        value / baseline
+        for value, baseline in zip(runs.by_rep, base.by_rep, strict=False)
+        if value is not None and baseline
+    ]
+
+
+def paired_ratio(runs: Runs, base: Runs) -> float | None:
+    """The median of the per-repetition ratios (not a ratio of medians)."""
+    ratios = paired_ratios(runs, base)
+    return statistics.median(ratios) if ratios else None
+
+
+def imports_httpx() -> str | None:
+    """None when this interpreter can import httpx; else why not."""
+    if importlib.util.find_spec("httpx") is None:
+        return "httpx is not installed (pip install -e '.[bench]', or make bench)"
+    return None
 
 
 def log(message: str) -> None:
@@ -170,8 +219,7 @@ def fmt_rate(rate: float | None) -> str:
     return "n/a" if rate is None else f"{rate:,.0f}"
 
 
-def fmt_ratio(value: float | None, base: float | None) -> str:
-    r = ratio(value, base)
+def fmt_ratio(r: float | None) -> str:
     return "n/a" if r is None else f"{r:.2f}x"
 
 
@@ -185,10 +233,6 @@ def nproc() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def ratio(value: float | None, base: float | None) -> float | None:
-    return None if value is None or not base else value / base
 
 
 def machine() -> dict[str, str]:
@@ -213,6 +257,7 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "twisted": version("twisted"),
         "treq": version("treq"),
+        "httpx": version("httpx"),
     }
 
 
@@ -223,17 +268,34 @@ def command_line(args: Sequence[str]) -> str:
     return f"PYTHONPATH={shlex.quote(path)} {argv}" if path else argv
 
 
+def target_lines(runs: dict[str, Runs]) -> list[str]:
+    """Each target, whether it held, and the per-repetition ratios behind it."""
+    out = ["targets (median of per-repetition ratios):"]
+    for name, base, minimum in TARGETS:
+        what = f"{SHORT[name]} >= {minimum:g}x {SHORT[base]}"
+        ratios = paired_ratios(runs[name], runs[base])
+        if not ratios:
+            why = runs[base].skipped or runs[name].skipped or "no paired runs"
+            out.append(f"- {what}: NOT MEASURED ({why})")
+            continue
+        got = statistics.median(ratios)
+        verdict = "HELD" if got >= minimum else "MISSED"
+        each = ", ".join(f"{r:.2f}x" for r in ratios)
+        out.append(f"- {what}: {verdict} ({got:.2f}x; per repetition: {each})")
+    return out
+
+
 def report(runs: dict[str, Runs], info: dict[str, str], args: Any) -> str:
-    orig = runs["orig"].median
-    ceiling = runs["treq"].median
+    baselines = [runs["httpx"], runs["orig"], runs["treq"]]
     out = [
         f"{args.records:,} records of 200 bytes + `\\n` "
         f"({args.records * 201 / 1e6:,.0f} MB) per run, "
-        f"median of {args.repeat} interleaved runs, one process per run",
+        f"median of {args.repeat} interleaved runs, one process per run; "
+        "ratios are the median of per-repetition ratios (same round)",
         "",
-        "| client | median records/s | min-max records/s | vs original "
+        "| client | median records/s | min-max records/s | vs httpx | vs original "
         "| vs raw treq | peak RSS MiB | RSS before run MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in LABELS.items():
         r = runs[name]
@@ -242,20 +304,23 @@ def report(runs: dict[str, Runs], info: dict[str, str], args: Any) -> str:
             if r.rates
             else ("skipped" if r.skipped else "all runs failed")
         )
+        versus = " | ".join(fmt_ratio(paired_ratio(r, base)) for base in baselines)
         out.append(
-            f"| {label} | {fmt_rate(r.median)} | {spread} "
-            f"| {fmt_ratio(r.median, orig)} | {fmt_ratio(r.median, ceiling)} "
+            f"| {label} | {fmt_rate(r.median)} | {spread} | {versus} "
             f"| {fmt_mib(r.peak_rss_kib)} | {fmt_mib(r.start_rss_kib)} |"
         )
+    out += ["", *target_lines(runs)]
     out += [
         "",
         f"machine: nproc {info['nproc']}, {info['cpu']}, {info['os']}; "
-        f"{info['python']}; twisted {info['twisted']}, treq {info['treq']}"
+        f"{info['python']}; twisted {info['twisted']}, treq {info['treq']}, "
+        f"httpx {info['httpx']}"
         + (
             f"; original on Python {info['orig_python']}"
             if "orig_python" in info
             else ""
         ),
+        f"date: {info['date']}",
         f"command: `{args.command}`",
     ]
     for r in runs.values():
@@ -282,15 +347,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     orig_python, why_not = ensure_orig_venv()
     if orig_python is None:
         log(f"the original tidehunter 1.0.1 is unavailable: {why_not}")
-        log("reporting tidehunter-tx and raw treq only")
+        log("reporting the other clients only")
         runs["orig"].skipped = why_not
+    runs["httpx"].skipped = imports_httpx()
+    if runs["httpx"].skipped:
+        log(f"the httpx client is unavailable: {runs['httpx'].skipped}")
     pythons: dict[str, Path | str | None] = {
-        "ours": sys.executable,
-        "orig": orig_python,
-        "treq": sys.executable,
+        name: (orig_python if name == "orig" else sys.executable) for name in LABELS
     }
+    pythons["httpx"] = None if runs["httpx"].skipped else sys.executable
 
     info = machine()
+    info["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     log(f"precomputing {args.records:,} records in the feed server ...")
     server, port = start_server(args.records)
     url = f"http://127.0.0.1:{port}/"
@@ -303,11 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = runs[name]
                 r.raw.append(result)
                 if result.get("problem"):
+                    r.by_rep.append(None)
                     r.failures.append(f"run {rep}: {result['problem']}")
                     log(f"run {rep}/{args.repeat} {name}: FAILED {result['problem']}")
                     continue
                 rate = result["records"] / result["seconds"]
-                r.rates.append(rate)
+                r.by_rep.append(rate)
                 r.peak_rss_kib.append(result["rss_peak_kib"])
                 if result.get("rss_start_kib") is not None:
                     r.start_rss_kib.append(result["rss_start_kib"])
@@ -333,8 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "median_records_per_s": r.median,
                     "min_records_per_s": min(r.rates, default=None),
                     "max_records_per_s": max(r.rates, default=None),
-                    "vs_original": ratio(r.median, runs["orig"].median),
-                    "vs_raw_treq": ratio(r.median, runs["treq"].median),
+                    "records_per_s_by_repetition": r.by_rep,
+                    "vs_httpx": paired_ratio(r, runs["httpx"]),
+                    "vs_original": paired_ratio(r, runs["orig"]),
+                    "vs_raw_treq": paired_ratio(r, runs["treq"]),
+                    "vs_httpx_by_repetition": paired_ratios(r, runs["httpx"]),
+                    "vs_original_by_repetition": paired_ratios(r, runs["orig"]),
                     "peak_rss_kib": r.peak_rss_kib,
                     "start_rss_kib": r.start_rss_kib,
                     "skipped": r.skipped,
@@ -342,6 +415,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 for name, r in runs.items()
             },
+            "targets": [
+                {
+                    "client": name,
+                    "baseline": base,
+                    "minimum": minimum,
+                    "ratio": paired_ratio(runs[name], runs[base]),
+                    "held": (paired_ratio(runs[name], runs[base]) or 0) >= minimum,
+                }
+                for name, base, minimum in TARGETS
+            ],
         }
         args.json.write_text(json.dumps(numbers, indent=2) + "\n")
         log(f"wrote {args.json}")
