@@ -450,6 +450,7 @@ class Backoff:
         self._rng: RandomSource = rng if rng is not None else random.Random()
         self._clock = clock if clock is not None else _utc_now
         self._attempts: dict[FailureKind, int] = dict.fromkeys(FailureKind, 0)
+        self._failed_since_record = False
         self._view = MappingProxyType(self._attempts)
 
     @property
@@ -469,6 +470,7 @@ class Backoff:
     ) -> Decision:
         """Count one more failure of ``kind`` and decide what to do about it."""
         self._attempts[kind] += 1
+        self._failed_since_record = True
         attempt = self._attempts[kind]
         # One draw per decision, so a seeded source gives a repeatable sequence.
         jitter_factor = 2.0 * self._rng.random() - 1.0
@@ -487,6 +489,12 @@ class Backoff:
         )
 
     def record_arrived(self) -> None:
-        """A record got through: the connection works, start every count afresh."""
+        """A record got through: the connection works, start every count afresh.
+
+        Called for every batch delivered: cheap when nothing failed since.
+        """
+        if not self._failed_since_record:
+            return
+        self._failed_since_record = False
         for kind in self._attempts:
             self._attempts[kind] = 0
