@@ -296,3 +296,31 @@ async def test_credentials_in_the_url_become_basic_auth(firehose):
         headers["Authorization"] == "Basic " + base64.b64encode(b"ann:s@cret").decode()
     )
     assert "cret" not in json.dumps(h.status())
+
+
+class SilentThenAnswering(Protocol):
+    """The first connection never gets an answer; later ones get 40 records."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1  # type: ignore[attr-defined]
+        if self.factory.connections > 1:  # type: ignore[attr-defined]
+            body = b"".join(b'{"id":%d}\n' % i for i in range(40))
+            self.transport.write(  # type: ignore[union-attr]
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_run_started_from_the_end_of_a_halted_run_really_runs():
+    factory = Factory.forProtocol(SilentThenAnswering)
+    factory.connections = 0  # type: ignore[attr-defined]
+    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    h = Hunter(f"http://127.0.0.1:{listening.getHost().port}/", reconnect=True)
+    reactor.callLater(0.2, h.halt)  # lands while the first request waits
+    assert await h.tide_on() is None
+    # Started straight from the end of that run: it must not inherit the halt.
+    await h.tide_on(limit=30)
+    assert len(h.q.pending) == 30
+    await listening.stopListening()

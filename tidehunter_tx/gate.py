@@ -61,6 +61,9 @@ class IGate(Interface):
     full = Attribute("True while the stream should pause until the drain callback.")
     over = Attribute("True once the run must end (switched off or limit reached).")
     dropped = Attribute("Records offered but not admitted because the run was over.")
+    unconfirmed = Attribute(
+        "Records offered whose fate is not known yet (sent, not answered)."
+    )
     position = Attribute(
         "The resume position stored with the last admitted records (bytes or None)."
     )
@@ -118,6 +121,10 @@ class LocalGate:
     @property
     def full(self) -> bool:
         return self.sink.full
+
+    @property
+    def unconfirmed(self) -> int:
+        return 0  # admission and delivery happen in the same call
 
     @property
     def over(self) -> bool:

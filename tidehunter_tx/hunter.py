@@ -310,6 +310,7 @@ class Hunter:
         self._run, self._run_core = make_run()
         self._gate_failure: Failure | None = None
         self._running = False
+        self._halted = False
         self._records_before_run = 0
         self._dropped_before_run = 0
         self._run_over: list[Deferred[None]] = []
@@ -352,7 +353,7 @@ class Hunter:
     def tide_off(self) -> None:
         """End the run now: switch the counter off and close the connection."""
         self.gate.stop()
-        self._run.halt(Ending.STOPPED)
+        self._halt(Ending.STOPPED)
 
     def halt(self) -> None:
         """End this hunter's run now, leaving a shared counter on.
@@ -360,7 +361,14 @@ class Hunter:
         ``tide_off()`` is the off switch of every hunter sharing the counter;
         ``halt()`` stops just this one (a daemon's SIGTERM or AMP Stop).
         """
-        self._run.halt(Ending.STOPPED)
+        self._halt(Ending.STOPPED)
+
+    def _halt(self, ending: Ending) -> None:
+        # The run's own flag, set before the machine acts: cancelling a
+        # request can finish the run (and start the next) inside the halt.
+        if self._running:
+            self._halted = True
+            self._run.halt(ending)
 
     def pause(self) -> None:
         """Stop reading from the socket, keeping the connection and the counts.
@@ -525,23 +533,20 @@ class Hunter:
         """The gate says the run is over (or refused records: no retry cures it)."""
         if ending is Ending.FAILED and self._gate_failure is None:
             self._gate_failure = reason
-        if self._running:
-            self._run.halt(ending)
+        self._halt(ending)
 
     # -- the run
 
     def _over(self) -> bool:
         """The run must end: halted, switched off, the limit, or a refusal."""
-        return (
-            self._run_core.stopping or self.gate.over or self._gate_failure is not None
-        )
+        return self._halted or self.gate.over or self._gate_failure is not None
 
     async def _run_to_end(self, limit: int) -> _Response | None:
         self._gate_failure = None
+        self._halted = False
         self._records_before_run = self.stats.records
         if self._queue_sink is not None:
             self._queue_sink.hold(limit)
-        joined = False
         try:
             joining = self.gate.start(limit)
             self._run.join(joining)
@@ -549,7 +554,6 @@ class Hunter:
                 await joining
             except CancelledError:
                 return None  # halted or switched off before the counter answered
-            joined = True
             stored = self.gate.position
             if stored and self.framer.position is None:
                 self.framer.resume_from(stored)
@@ -558,8 +562,7 @@ class Hunter:
                 raise GaveUp("the sink refused records", self._gate_failure.value)
             return response
         finally:
-            if joined:
-                self.gate.finish()
+            self.gate.finish()
             self._running = False
             self.stats.connected_since = None
             self._run.finish()

@@ -24,7 +24,7 @@ from ._describe import public_url
 from ._reactor import or_global_reactor
 from .hunter import GaveUp, Hunter
 
-__all__ = ["HunterService", "RunResult"]
+__all__ = ["HunterService", "RunResult", "UnconfirmedRecords"]
 
 log = Logger()
 
@@ -44,6 +44,14 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class UnconfirmedRecords(Exception):
+    """The run ended with records the sink never confirmed, and nothing saved them."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        super().__init__(f"{count} records were never confirmed by the sink")
 
 
 #: Called when the sink did not confirm everything within ``settle_timeout``;
@@ -144,9 +152,15 @@ class HunterService(Service):
         unconfirmed = 0
         try:
             if not await self._settle():
-                unconfirmed = (
-                    self._on_unsettled(self.hunter) if self._on_unsettled else 0
-                )
+                unconfirmed = self.hunter.gate.unconfirmed
+                saved = self._on_unsettled(self.hunter) if self._on_unsettled else 0
+                if saved < unconfirmed:
+                    log.error(
+                        "tidehunter: the sink never confirmed {count} records; "
+                        "they are lost",
+                        count=unconfirmed - saved,
+                    )
+                    error = error or UnconfirmedRecords(unconfirmed - saved)
             await self._close()
             self._report()
         except Exception as failure:

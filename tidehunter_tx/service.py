@@ -280,6 +280,9 @@ class DaemonService(MultiService):
         self.exit_code = 0 if result.ok else 1
         if self.running:
             self._stop_process()
+        elif self.exit_code:
+            # The run failed while a shutdown (SIGTERM) was under way.
+            self._exit_after_shutdown(self.exit_code)
 
     def _exit_0_on_sigterm(self) -> None:
         """SIGTERM is the ordinary way to stop a daemon: stop cleanly, exit 0.
@@ -297,17 +300,18 @@ class DaemonService(MultiService):
     def _stop_process(self) -> None:
         """Stop the reactor; twistd exits 0 unless we say otherwise."""
         reactor = self._reactor
-        exit_code = self.exit_code
-        if exit_code:
-
-            def exit_with_code() -> None:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(exit_code)
-
-            reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
+        if self.exit_code:
+            self._exit_after_shutdown(self.exit_code)
         if reactor.running:
             reactor.stop()
+
+    def _exit_after_shutdown(self, exit_code: int) -> None:
+        def exit_with_code() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
+
+        self._reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
 
 
 class _Spill:

@@ -9,16 +9,18 @@ from typing import Any
 
 import txredisapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._reactor import or_global_reactor
 from ..counter import CounterState, StateCounter
 from ..gate import Ending, IGate, IGateListener
 from ..sinks import DrainCallback, Sink
 from ._connection import close_connection, execute_encoded
 from ._counter import RedisStateCounter
-from ._scripts import ADMIT_AND_PUSH, is_noscript
+from ._scripts import ADMIT_AND_PUSH, GAP, is_noscript
 from ._spec import RedisSpec
 from ._spill import write_spill
 
@@ -37,6 +39,8 @@ class _Batch:
     seq: int
     records: list[bytes]
     event_id: bytes | None = None
+    #: Apply even if an earlier sequence number is missing from Redis's history.
+    force: bool = False
 
 
 @implementer(IGate)
@@ -68,6 +72,7 @@ class RedisGate:
         local: Sink | None = None,
         max_in_flight: int | None = None,
         max_batch: int = MAX_BATCH,
+        clock: IReactorTime | None = None,
     ) -> None:
         shared = isinstance(counter, RedisStateCounter)
         if connection is None:
@@ -99,6 +104,8 @@ class RedisGate:
         self.position: bytes | None = None
         self._seq = 0
         self._script_sent = False
+        self._refused = False
+        self._clock: IReactorTime = or_global_reactor(clock)
         # Records wait here unnumbered: a batch takes its sequence number when
         # it is sent, so batches queued behind the cap merge into bigger ones.
         self._queued: deque[list[bytes]] = deque()
@@ -129,7 +136,10 @@ class RedisGate:
         self._listener = listener
 
     def start(self, limit: int | None) -> Deferred[None]:
-        self._closing = False
+        if self._closing:
+            # A closed gate forgot its history in Redis: start a fresh one.
+            self.producer, self._seq = uuid.uuid4().hex, 0
+        self._closing = self._spilled = self._refused = False
         self._watch_counter()
         if self._shared_counter is not None:
             # Join the run; a limit of 0 (or None) leaves the shared one alone.
@@ -186,6 +196,12 @@ class RedisGate:
         if callback is not None and self.local is not None and self.local.full:
             self.local.set_drain_callback(self._maybe_drained)
 
+    @property
+    def unconfirmed(self) -> int:
+        return sum(len(b.records) for b in self._in_flight) + sum(
+            len(records) for records in self._queued
+        )
+
     def settled(self) -> Deferred[None]:
         if not self._in_flight and not self._queued:
             return succeed(None)
@@ -205,7 +221,9 @@ class RedisGate:
         forgetting: Deferred[Any] = succeed(None)
         if not self._spilled and not self._in_flight:
             forgetting = self.connection.hdel(self.seen_key, [self.producer])
-            forgetting.addErrback(lambda _: None)  # Redis away: the TTL ends it
+            # Redis away: the history's TTL ends it; closing does not wait.
+            forgetting.addTimeout(1.0, self._clock)
+            forgetting.addErrback(lambda _: None)
         closing = forgetting.addCallback(
             lambda _: self.local.close() if self.local is not None else None
         )
@@ -294,7 +312,7 @@ class RedisGate:
         load = load or not self._script_sent
         head = [
             self.producer.encode(),
-            b"%d" % batch.seq,
+            b"%d" % (-batch.seq if batch.force else batch.seq),
             self.mode.encode(),
             b"%d" % self.maxlen,
             batch.event_id or b"",
@@ -317,15 +335,25 @@ class RedisGate:
         )
 
     def _answered(self, reply: list[Any], batch: _Batch) -> None:
-        admitted, state, count, limit, _replayed = reply
+        admitted, state, count, limit, replayed = reply
         admitted = int(admitted)
+        if int(replayed) == GAP:
+            if not self._refused:
+                # An earlier batch of ours is not applied yet: when it is
+                # still ours to re-send (after NOSCRIPT), this one goes again
+                # behind it; otherwise Redis forgot the history, and it goes
+                # again to be applied regardless.
+                batch.force = not any(b.seq < batch.seq for b in self._in_flight)
+                self._send(batch)
+                return
+            admitted = 0  # after a refusal nothing more is applied
         if self._in_flight and self._in_flight[0] is batch:
             self._in_flight.popleft()
         elif batch in self._in_flight:
             self._in_flight.remove(batch)
         shared = self._shared_counter
-        if shared is not None:
-            shared.update(state, count, limit)
+        # Deliver first, then take the counter's news: reaching the limit
+        # ends the run, and the records it admitted must be in the sink by then.
         if admitted:
             if self.local is not None:
                 self.local.put(batch.records[:admitted])
@@ -335,7 +363,13 @@ class RedisGate:
                 self._listener.admitted(admitted)
         if admitted < len(batch.records):
             self.dropped += len(batch.records) - admitted
-        if shared is not None and (admitted < len(batch.records) or self.over):
+        if shared is not None:
+            shared.update(state, count, limit)
+        if (
+            shared is not None
+            and not self._refused
+            and (admitted < len(batch.records) or self.over)
+        ):
             self.drop_queued()
             self._end(Ending.LIMIT if shared.started else Ending.STOPPED)
         self._pump()
@@ -363,8 +397,13 @@ class RedisGate:
         if self._spilled:
             return
         log.failure("tidehunter: Redis refused a batch", failure)
+        self._refused = True
         if batch in self._in_flight:
             self._in_flight.remove(batch)
+        # No retry cures a refusal: what it held and what waits behind it are
+        # counted, never silently gone.
+        self.dropped += len(batch.records)
+        self.drop_queued()
         self._end(Ending.FAILED, failure)
         self._after_answer()
 

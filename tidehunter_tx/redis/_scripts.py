@@ -15,10 +15,12 @@ from twisted.python.failure import Failure
 
 from ._connection import encode_command
 
-__all__ = ["ADMIT_AND_PUSH", "HISTORY", "START", "STOP", "Script", "is_noscript"]
+__all__ = ["ADMIT_AND_PUSH", "GAP", "HISTORY", "START", "STOP", "Script", "is_noscript"]
 
 #: Applied (seq, admitted) pairs remembered per producer for re-sent batches.
 HISTORY = 32
+#: The last field of a reply: 0 applied, 1 a replay, GAP an earlier batch missing.
+GAP = 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ ADMIT_AND_PUSH = Script(
     b"""
 local counter, target, seen = KEYS[1], KEYS[2], KEYS[3]
 local producer, seq, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+-- A negative seq: apply even after a gap (Redis forgot the history).
+local force = seq < 0
+if force then seq = -seq end
 local maxlen = tonumber(ARGV[4])
 local event_id = ARGV[5]
 local state, count, limit = '1', 0, 0
@@ -67,6 +72,11 @@ if seq <= tonumber(last) then
     if tonumber(s) == seq then replay = tonumber(a) end
   end
   return {replay, state, count, limit, 1}
+end
+-- Applied strictly in order: a batch whose predecessor is not applied yet
+-- (re-sent after NOSCRIPT while another client loaded the script) waits.
+if seq > tonumber(last) + 1 and not force then
+  return {0, state, count, limit, 2}
 end
 local n = #ARGV - 5
 if mode == 'none' then n = tonumber(ARGV[6]) end
