@@ -75,9 +75,23 @@ def check_ends(count: int, wanted: int, first: bytes, last: bytes) -> str | None
     return None
 
 
+def run_in_reactor(main: Any, result: Result) -> Result:
+    """Run ``main()`` on the Twisted reactor; a crash becomes the result's problem."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+
+    def run() -> None:
+        done = ensureDeferred(main())
+        done.addErrback(lambda f: result.update(problem=f.getTraceback()))
+        done.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(run)
+    reactor.run()
+    return result
+
+
 def run_ours(url: str, wanted: int) -> Result:
     """tidehunter-tx: a concurrent consumer awaiting ``h.q.get()`` per record."""
-    from twisted.internet import reactor
     from twisted.internet.defer import CancelledError, ensureDeferred
 
     from tidehunter_tx import Hunter
@@ -114,27 +128,17 @@ def run_ours(url: str, wanted: int) -> Result:
             await consumer
         except CancelledError:
             finished = time.perf_counter()
+        problem = problem or check_ends(got, wanted, first, last)
         leftover = len(h.q.pending)
-        if problem is None:
-            problem = check_ends(got, wanted, first, last)
         if problem is None and leftover:
             problem = f"{leftover} records past the limit were queued"
         result.update(records=got, seconds=finished - start, problem=problem)
 
-    def run() -> None:
-        done = ensureDeferred(main())
-        done.addErrback(lambda f: result.update(problem=f.getTraceback()))
-        done.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(run)
-    reactor.run()
-    return result
+    return run_in_reactor(main, result)
 
 
 def run_hunter_iterator(url: str, wanted: int, batched: bool) -> Result:
     """tidehunter-tx: ``h.records()`` (or ``h.batches()``) while the run goes on."""
-    from twisted.internet import reactor
-    from twisted.internet.defer import ensureDeferred
 
     from tidehunter_tx import Hunter
 
@@ -170,21 +174,13 @@ def run_hunter_iterator(url: str, wanted: int, batched: bool) -> Result:
             await run
         except Exception as error:
             problem = f"tide_on failed: {error!r}"
+        problem = problem or check_ends(got, wanted, first, last)
         leftover = len(h.q.pending)
-        if problem is None:
-            problem = check_ends(got, wanted, first, last)
         if problem is None and leftover:
             problem = f"{leftover} records past the limit were queued"
         result.update(records=got, seconds=finished - start, problem=problem)
 
-    def run() -> None:
-        done = ensureDeferred(main())
-        done.addErrback(lambda f: result.update(problem=f.getTraceback()))
-        done.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(run)
-    reactor.run()
-    return result
+    return run_in_reactor(main, result)
 
 
 def run_records(url: str, wanted: int) -> Result:
@@ -264,8 +260,7 @@ def run_orig(url: str, wanted: int) -> Result:
 def run_treq(url: str, wanted: int) -> Result:
     """The ceiling: treq's body delivery with no framing and no queue."""
     import treq
-    from twisted.internet import reactor
-    from twisted.internet.defer import Deferred, ensureDeferred
+    from twisted.internet.defer import Deferred
     from twisted.internet.protocol import Protocol
     from twisted.python.failure import Failure
     from twisted.web.client import ResponseDone
@@ -307,14 +302,7 @@ def run_treq(url: str, wanted: int) -> Result:
             records=counter.newlines, seconds=finished - start, problem=problem
         )
 
-    def run() -> None:
-        done = ensureDeferred(main())
-        done.addErrback(lambda f: result.update(problem=f.getTraceback()))
-        done.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(run)
-    reactor.run()
-    return result
+    return run_in_reactor(main, result)
 
 
 CLIENTS = {

@@ -91,11 +91,6 @@ class RunCore:
             return "paused"
         return self.state
 
-    @property
-    def stopping(self) -> bool:
-        """From a halt until the run is over (and after)."""
-        return self.state in ("stopping", "stopped")
-
     def enter(self, state: str, backoff: float = 0.0) -> None:
         self.state = state
         self.backoff = backoff

@@ -26,10 +26,10 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 if TYPE_CHECKING:
-    from .counter import StateCounter
+    from .counter import CounterState, StateCounter
     from .sinks import DrainCallback, Sink
 
-__all__ = ["Ending", "IGate", "IGateListener", "LocalGate"]
+__all__ = ["CounterGate", "Ending", "IGate", "IGateListener", "LocalGate"]
 
 
 class Ending(enum.Enum):
@@ -100,31 +100,21 @@ class IGate(Interface):
         """Flush and release the sink and connections; fires when done."""
 
 
-@implementer(IGate)
-class LocalGate:
-    """An in-memory state counter in front of a sink: admission is synchronous.
+class CounterGate:
+    """What every gate shares: its listener, the counter's switch and limit.
 
-    ``counter.admit(n)`` counts at once, so the count can never pass the
-    limit however the records were chunked; the admitted records go straight
-    to the sink.  A consumer's ``counter.stop()`` reaches the listener at once,
-    which is what makes the off switch instant in one process.
+    Subclasses say where records go and, for a counter kept in this process,
+    admit with :meth:`_admit_here`, which is exact however records are chunked.
     """
 
-    def __init__(self, counter: StateCounter, sink: Sink) -> None:
+    counter: CounterState
+
+    def __init__(self, counter: CounterState) -> None:
         self.counter = counter
-        self.sink = sink
         self.dropped = 0
         self.position: bytes | None = None
         self._listener: IGateListener | None = None
         self._watching = False
-
-    @property
-    def full(self) -> bool:
-        return self.sink.full
-
-    @property
-    def unconfirmed(self) -> int:
-        return 0  # admission and delivery happen in the same call
 
     @property
     def over(self) -> bool:
@@ -134,21 +124,78 @@ class LocalGate:
     def set_listener(self, listener: IGateListener | None) -> None:
         self._listener = listener
 
-    def start(self, limit: int | None) -> Deferred[None]:
-        counter = self.counter
+    def set_limit(self, limit: int) -> None:
+        self.counter.limit = limit
+        if self.counter.started and self.counter.limit_reached:
+            self._end(Ending.LIMIT)
+
+    def _start_here(self, counter: StateCounter, limit: int | None) -> None:
+        """Begin (or join) a run of a counter kept in this process."""
         if limit is not None:
             counter.limit = limit
         if not counter.started:
             counter.start()
+
+    def _admit_here(self, counter: StateCounter, records: list[bytes]) -> list[bytes]:
+        """The records ``counter`` admits; the rest are counted as dropped."""
+        wanted = len(records)
+        admitted = counter.admit(wanted)
+        if admitted == wanted:
+            return records
+        self.dropped += wanted - admitted
+        return records[:admitted]
+
+    def _watch_counter(self) -> None:
         if not self._watching:
             self._watching = True
-            counter.add_stop_listener(self._switched_off)
+            self.counter.add_stop_listener(self._end_if_over)
+
+    def _unwatch_counter(self) -> None:
+        if self._watching:
+            self._watching = False
+            self.counter.remove_stop_listener(self._end_if_over)
+
+    def _end_if_over(self) -> None:
+        """Switched off, or the limit reached (here or by another hunter)."""
+        if self.over:
+            self._end(Ending.LIMIT if self.counter.started else Ending.STOPPED)
+
+    def _end(self, ending: Ending, reason: Failure | None = None) -> None:
+        if self._listener is not None:
+            self._listener.ended(ending, reason)
+
+
+@implementer(IGate)
+class LocalGate(CounterGate):
+    """An in-memory state counter in front of a sink: admission is synchronous.
+
+    ``counter.admit(n)`` counts at once, so the count can never pass the
+    limit however the records were chunked; the admitted records go straight
+    to the sink.  A consumer's ``counter.stop()`` reaches the listener at once,
+    which is what makes the off switch instant in one process.
+    """
+
+    counter: StateCounter
+
+    def __init__(self, counter: StateCounter, sink: Sink) -> None:
+        super().__init__(counter)
+        self.sink = sink
+
+    @property
+    def full(self) -> bool:
+        return self.sink.full
+
+    @property
+    def unconfirmed(self) -> int:
+        return 0  # admission and delivery happen in the same call
+
+    def start(self, limit: int | None) -> Deferred[None]:
+        self._start_here(self.counter, limit)
+        self._watch_counter()
         return succeed(None)
 
     def finish(self) -> None:
-        if self._watching:
-            self._watching = False
-            self.counter.remove_stop_listener(self._switched_off)
+        self._unwatch_counter()
         if self.counter.started:
             self.counter.stop()
 
@@ -156,29 +203,17 @@ class LocalGate:
         self.counter.stop()
         return succeed(None)
 
-    def set_limit(self, limit: int) -> None:
-        self.counter.limit = limit
-        if self.counter.started and self.counter.limit_reached:
-            self._end(Ending.LIMIT)
-
     def offer(self, records: list[bytes], position: bytes | None) -> None:
-        wanted = len(records)
-        if not wanted:
+        if not records:
             return
-        counter = self.counter
-        admitted = counter.admit(wanted)
+        admitted = self._admit_here(self.counter, records)
         if admitted:
-            if admitted == wanted:
-                self.sink.put(records)
+            self.sink.put(admitted)
+            if admitted is records:
                 self.position = position
-            else:
-                self.sink.put(records[:admitted])
             if self._listener is not None:
-                self._listener.admitted(admitted)
-        if admitted < wanted:
-            self.dropped += wanted - admitted
-        if admitted < wanted or counter.limit_reached:
-            self._end(Ending.LIMIT if counter.started else Ending.STOPPED)
+                self._listener.admitted(len(admitted))
+        self._end_if_over()
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
         self.sink.set_drain_callback(callback)
@@ -188,10 +223,3 @@ class LocalGate:
 
     def close(self) -> Deferred[None]:
         return maybeDeferred(self.sink.close).addCallback(lambda _: None)
-
-    def _switched_off(self) -> None:
-        self._end(Ending.STOPPED)
-
-    def _end(self, ending: Ending) -> None:
-        if self._listener is not None:
-            self._listener.ended(ending, None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -22,6 +21,7 @@ from twisted.python.failure import Failure
 
 from ._describe import public_url
 from ._reactor import or_global_reactor
+from .control import HunterController
 from .hunter import GaveUp, Hunter
 
 __all__ = ["HunterService", "RunResult", "UnconfirmedRecords"]
@@ -59,11 +59,12 @@ class UnconfirmedRecords(Exception):
 Unsettled = Callable[[Hunter], int]
 
 
-class HunterService(Service):
+class HunterService(Service, HunterController):
     """Runs one hunter's run for the life of the service.
 
     Also a :class:`~tidehunter_tx.control.Controller`, so a
-    :class:`~tidehunter_tx.control.ControlFactory` can steer it.
+    :class:`~tidehunter_tx.control.ControlFactory` can steer it; a Stop
+    answers once the sink is flushed.
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class HunterService(Service):
         on_unsettled: Unsettled | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
-        self.hunter = hunter
+        HunterController.__init__(self, hunter)
         self.limit = limit
         self.settle_timeout = settle_timeout
         self._on_unsettled = on_unsettled
@@ -112,24 +113,11 @@ class HunterService(Service):
             self._waiting.append(done)
         return done
 
-    # -- the Controller interface
-
-    def status(self) -> dict[str, Any]:
-        return self.hunter.status()
-
     def stop(self) -> Deferred[int]:
+        """AMP Stop: halt, and answer with the count once the sink is flushed."""
         if self.hunter.running:
             self.hunter.halt()
         return self.whenDone().addCallback(lambda result: result.delivered)
-
-    def pause(self) -> None:
-        self.hunter.pause()
-
-    def resume(self) -> None:
-        self.hunter.resume()
-
-    def set_limit(self, limit: int) -> None:
-        self.hunter.set_limit(limit)
 
     # -- winding down
 
@@ -173,22 +161,21 @@ class HunterService(Service):
             done.callback(result)
 
     async def _settle(self) -> bool:
-        settled = self.hunter.settled()
-        settled.addTimeout(self.settle_timeout, self._clock)
-        try:
-            await settled
-        except DeferredTimeoutError:
-            return False
-        return True
+        return await self._within_timeout(self.hunter.settled())
 
     async def _close(self) -> None:
         """Flush the sink; a reader that never reads again does not hold us."""
-        closing = self.hunter.close()
-        closing.addTimeout(self.settle_timeout, self._clock)
-        try:
-            await closing
-        except DeferredTimeoutError:
+        if not await self._within_timeout(self.hunter.close()):
             log.warn("tidehunter: the reader of the records stopped reading")
+
+    async def _within_timeout(self, waiting: Deferred[None]) -> bool:
+        """Whether ``waiting`` fired within ``settle_timeout``."""
+        waiting.addTimeout(self.settle_timeout, self._clock)
+        try:
+            await waiting
+        except DeferredTimeoutError:
+            return False
+        return True
 
     def _report(self) -> None:
         status = self.hunter.status()

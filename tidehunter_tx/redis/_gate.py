@@ -15,8 +15,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._reactor import or_global_reactor
-from ..counter import CounterState, StateCounter
-from ..gate import Ending, IGate, IGateListener
+from ..counter import StateCounter
+from ..gate import CounterGate, Ending, IGate
 from ..sinks import DrainCallback, Sink
 from ._connection import close_connection, execute_encoded
 from ._counter import RedisStateCounter
@@ -44,7 +44,7 @@ class _Batch:
 
 
 @implementer(IGate)
-class RedisGate:
+class RedisGate(CounterGate):
     """Admits batches with one Redis script call each, and pushes them.
 
     Two ways to count.  With a :class:`RedisStateCounter` the script reads the
@@ -83,7 +83,7 @@ class RedisGate:
             raise ValueError("give the gate a Redis target or a local sink")
         if not shared and target is None:
             raise ValueError("a local counter with a local sink needs no Redis")
-        self.counter: CounterState = counter
+        super().__init__(counter)
         self._shared_counter = (
             counter if isinstance(counter, RedisStateCounter) else None
         )
@@ -100,8 +100,6 @@ class RedisGate:
         self.producer = uuid.uuid4().hex
         self.max_in_flight = MAX_IN_FLIGHT if max_in_flight is None else max_in_flight
         self.max_batch = max_batch
-        self.dropped = 0
-        self.position: bytes | None = None
         self._seq = 0
         self._script_sent = False
         self._refused = False
@@ -113,8 +111,6 @@ class RedisGate:
         self._queued_ids: deque[bytes | None] = deque()
         self._in_flight: deque[_Batch] = deque()
         self._on_drain: DrainCallback | None = None
-        self._listener: IGateListener | None = None
-        self._watching = False
         self._closing = False
         self._spilled = False
         self._idle: list[Deferred[None]] = []
@@ -128,13 +124,6 @@ class RedisGate:
             self.local is not None and self.local.full
         )
 
-    @property
-    def over(self) -> bool:
-        return not self.counter.started or self.counter.limit_reached
-
-    def set_listener(self, listener: IGateListener | None) -> None:
-        self._listener = listener
-
     def start(self, limit: int | None) -> Deferred[None]:
         if self._closing:
             # A closed gate forgot its history in Redis: start a fresh one.
@@ -146,16 +135,11 @@ class RedisGate:
             started = self._shared_counter.start(limit or None)
             return started.addCallback(self._joined)
         assert self._local_counter is not None
-        if limit is not None:
-            self._local_counter.limit = limit
-        if not self._local_counter.started:
-            self._local_counter.start()
+        self._start_here(self._local_counter, limit)
         return succeed(None)
 
     def finish(self) -> None:
-        if self._watching:
-            self._watching = False
-            self.counter.remove_stop_listener(self._counter_over)
+        self._unwatch_counter()
         # A shared counter stays as the run left it, for the other hunters and
         # the consumers; a count kept here ends with this hunter's run.
         if self._local_counter is not None and self._local_counter.started:
@@ -168,28 +152,16 @@ class RedisGate:
         self._local_counter.stop()
         return succeed(None)
 
-    def set_limit(self, limit: int) -> None:
-        self.counter.limit = limit
-        if self.counter.started and self.counter.limit_reached:
-            self._end(Ending.LIMIT)
-
     def offer(self, records: list[bytes], position: bytes | None) -> None:
         if self._closing or not records:
             return
-        local = self._local_counter
-        if local is not None:
-            wanted = len(records)
-            admitted = local.admit(wanted)
-            if admitted < wanted:
-                self.dropped += wanted - admitted
-                records = records[:admitted]
-                position = None
-            if records:
-                self._queue(records, position)
-            if admitted < wanted or local.limit_reached:
-                self._end(Ending.LIMIT if local.started else Ending.STOPPED)
+        if self._local_counter is None:
+            self._queue(records, position)  # Redis decides
             return
-        self._queue(records, position)
+        admitted = self._admit_here(self._local_counter, records)
+        if admitted:
+            self._queue(admitted, position if admitted is records else None)
+        self._end_if_over()
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
         self._on_drain = callback
@@ -264,24 +236,6 @@ class RedisGate:
     def _joined(self, _: object) -> None:
         assert self._shared_counter is not None
         self.position = self._shared_counter.last_event_id
-
-    def _watch_counter(self) -> None:
-        if not self._watching:
-            self._watching = True
-            self.counter.add_stop_listener(self._counter_over)
-
-    def _counter_over(self) -> None:
-        """Switched off, or the shared limit reached by another hunter."""
-        counter = self.counter
-        self._end(
-            Ending.LIMIT
-            if counter.started and counter.limit_reached
-            else Ending.STOPPED
-        )
-
-    def _end(self, ending: Ending, reason: Failure | None = None) -> None:
-        if self._listener is not None:
-            self._listener.ended(ending, reason)
 
     def _queue(self, records: list[bytes], position: bytes | None) -> None:
         self._queued.append(records)
