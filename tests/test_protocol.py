@@ -178,3 +178,15 @@ def test_a_pause_of_our_own_is_never_a_stall():
     assert not transport.stopped  # the clock restarts at resume
     clock.advance(0.2)
     assert transport.stopped
+
+
+def test_a_limited_run_queues_past_the_watermark_but_never_past_the_budget():
+    q: RecordQueue[bytes] = RecordQueue()
+    sink = QueueSink(q, high_watermark=10, budget_bytes=100_000)
+    sink.hold(1_000_000)  # the run's limit: far more than the budget allows
+    small = [b"x"] * 20
+    sink.put(small)
+    assert not sink.full  # past the watermark, within the limit and the budget
+    # A batch whose ends are tiny and whose middle is huge still counts in full.
+    sink.put([b"y"] + [b"z" * 10_000] * 20 + [b"y"])
+    assert sink.full

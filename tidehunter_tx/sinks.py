@@ -242,9 +242,11 @@ class QueueSink:
         return True
 
     def put(self, records: list[bytes]) -> None:
-        if self._hold:
-            # An estimate is enough for a budget: the ends of each batch.
-            self._held_bytes += (len(records[0]) + len(records[-1])) * len(records) // 2
+        if self._hold and len(self.queue.pending) >= self.high_watermark:
+            # Measured only where the budget matters (past the watermark), and
+            # exactly: a feed chooses its record sizes, an estimate would let
+            # it pass the budget.
+            self._held_bytes += sum(map(len, records))
             self._held_records += len(records)
         if self._fast:
             self.queue.extend(records)  # type: ignore[attr-defined]
