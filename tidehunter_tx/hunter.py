@@ -312,7 +312,6 @@ class Hunter:
         self._running = False
         self._halted = False
         self._records_before_run = 0
-        self._dropped_before_run = 0
         self._run_over: list[Deferred[None]] = []
 
     @property

@@ -97,6 +97,13 @@ class RedisGate(CounterGate):
         self.maxlen = 0 if target is None else target.maxlen
         history_owner = counter_key(counter) if shared else self.target_key
         self.seen_key = f"{history_owner}:producers"
+        # The script's KEYS: the counter hash ('' when counted here), the
+        # target, the producers' history.
+        self._script_keys = [
+            counter_key(counter).encode(),
+            self.target_key.encode(),
+            self.seen_key.encode(),
+        ]
         self.producer = uuid.uuid4().hex
         self.max_in_flight = MAX_IN_FLIGHT if max_in_flight is None else max_in_flight
         self.max_batch = max_batch
@@ -273,11 +280,8 @@ class RedisGate(CounterGate):
         ]
         # A local sink keeps the records: only their number goes to Redis.
         payload = batch.records if self.mode != "none" else [b"%d" % len(batch.records)]
-        counter_key_bytes = (
-            self._shared_counter.key.encode() if self._shared_counter else b""
-        )
         command = ADMIT_AND_PUSH.encode(
-            [counter_key_bytes, self.target_key.encode(), self.seen_key.encode()],
+            self._script_keys,
             head,
             payload,
             load=load,
