@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from treq.client import HTTPClient
 from treq.response import _Response
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -31,6 +32,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -185,8 +187,31 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+#: Bytes per socket read on a feed connection.  Twisted reads 64 KiB at a
+#: time; a stream of small records pays per read (framing, admission, waking
+#: the consumer), and 256 KiB measured fastest (``make bench``).
+READ_BYTES = 256 * 1024
+
+
 class _QuietPool(HTTPConnectionPool):
+    """Our own agent's pool: quiet factories, and wider reads on the socket."""
+
     _factory = _QuietClientFactory
+
+    def _newConnection(self, key: Any, endpoint: Any) -> Deferred[HTTP11ClientProtocol]:
+        connecting = super()._newConnection(key, endpoint)
+        return connecting.addCallback(_widen_reads)
+
+
+def _widen_reads(protocol: HTTP11ClientProtocol) -> HTTP11ClientProtocol:
+    """Raise the read size of the socket under ``protocol`` (through TLS)."""
+    transport = protocol.transport
+    for _ in range(4):  # a TLS wrapper or two, at most, sits on the socket
+        if isinstance(transport, FileDescriptor):
+            transport.bufferSize = READ_BYTES
+            break
+        transport = getattr(transport, "transport", None)
+    return protocol
 
 
 @implementer(IGateListener)

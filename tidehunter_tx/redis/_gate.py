@@ -32,6 +32,10 @@ log = Logger()
 MAX_BATCH = 4000
 #: Script calls in flight per hunter before the HTTP stream pauses.
 MAX_IN_FLIGHT = 4
+#: Counting only (a local sink): records waiting for Redis's answer before the
+#: stream pauses.  One call is in flight; what is read meanwhile waits and goes
+#: as one count, so a call costs the same however many records it counts.
+MAX_COUNTED_BACKLOG = MAX_IN_FLIGHT * MAX_BATCH
 
 
 @dataclass
@@ -71,7 +75,7 @@ class RedisGate(CounterGate):
         target: RedisSpec | None = None,
         local: Sink | None = None,
         max_in_flight: int | None = None,
-        max_batch: int = MAX_BATCH,
+        max_batch: int | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
         shared = isinstance(counter, RedisStateCounter)
@@ -105,7 +109,12 @@ class RedisGate(CounterGate):
             self.seen_key.encode(),
         ]
         self.producer = uuid.uuid4().hex
-        self.max_in_flight = MAX_IN_FLIGHT if max_in_flight is None else max_in_flight
+        if max_in_flight is None:
+            max_in_flight = 1 if local is not None else MAX_IN_FLIGHT
+        self.max_in_flight = max_in_flight
+        if max_batch is None:
+            # Only a count travels for a local sink: unpack() sets no limit.
+            max_batch = MAX_COUNTED_BACKLOG if local is not None else MAX_BATCH
         self.max_batch = max_batch
         self._seq = 0
         self._script_sent = False
@@ -117,6 +126,8 @@ class RedisGate(CounterGate):
         # The stream's position after each queued record list.
         self._queued_ids: deque[bytes | None] = deque()
         self._in_flight: deque[_Batch] = deque()
+        # Records queued or in flight: offered, fate not known yet.
+        self._backlog = 0
         self._on_drain: DrainCallback | None = None
         self._closing = False
         self._spilled = False
@@ -126,10 +137,9 @@ class RedisGate(CounterGate):
 
     @property
     def full(self) -> bool:
-        backlog = len(self._in_flight) + len(self._queued)
-        return backlog >= self.max_in_flight or (
-            self.local is not None and self.local.full
-        )
+        if self.local is not None:
+            return self.local.full or self._backlog >= MAX_COUNTED_BACKLOG
+        return len(self._in_flight) + len(self._queued) >= self.max_in_flight
 
     def start(self, limit: int | None) -> Deferred[None]:
         if self._closing:
@@ -177,9 +187,7 @@ class RedisGate(CounterGate):
 
     @property
     def unconfirmed(self) -> int:
-        return sum(len(b.records) for b in self._in_flight) + sum(
-            len(records) for records in self._queued
-        )
+        return self._backlog
 
     def settled(self) -> Deferred[None]:
         if not self._in_flight and not self._queued:
@@ -220,6 +228,7 @@ class RedisGate(CounterGate):
         self._queued.clear()
         self._queued_ids.clear()
         self.dropped += dropped
+        self._backlog -= dropped
         return dropped
 
     def spill(self, path: str) -> tuple[int, int]:
@@ -247,6 +256,7 @@ class RedisGate(CounterGate):
     def _queue(self, records: list[bytes], position: bytes | None) -> None:
         self._queued.append(records)
         self._queued_ids.append(position)
+        self._backlog += len(records)
         self._pump()
 
     def _pump(self) -> None:
@@ -305,10 +315,7 @@ class RedisGate(CounterGate):
                 self._send(batch)
                 return
             admitted = 0  # after a refusal nothing more is applied
-        if self._in_flight and self._in_flight[0] is batch:
-            self._in_flight.popleft()
-        elif batch in self._in_flight:
-            self._in_flight.remove(batch)
+        self._settle(batch)
         shared = self._shared_counter
         # Deliver first, then take the counter's news: reaching the limit
         # ends the run, and the records it admitted must be in the sink by then.
@@ -356,14 +363,23 @@ class RedisGate(CounterGate):
             return
         log.failure("tidehunter: Redis refused a batch", failure)
         self._refused = True
-        if batch in self._in_flight:
-            self._in_flight.remove(batch)
+        self._settle(batch)
         # No retry cures a refusal: what it held and what waits behind it are
         # counted, never silently gone.
         self.dropped += len(batch.records)
         self.drop_queued()
         self._end(Ending.FAILED, failure)
         self._after_answer()
+
+    def _settle(self, batch: _Batch) -> None:
+        """``batch`` has its answer: it is no longer in flight."""
+        if self._in_flight and self._in_flight[0] is batch:
+            self._in_flight.popleft()
+        elif batch in self._in_flight:
+            self._in_flight.remove(batch)
+        else:
+            return
+        self._backlog -= len(batch.records)
 
     def _after_answer(self) -> None:
         if not self._in_flight and not self._queued:
