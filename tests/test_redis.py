@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+import socketserver
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,19 +78,102 @@ def test_list_sink_exact_limit_and_counter_fields(
     )
     assert daemon.wait(timeout=30) == 0, daemon.output()
     assert list_ids(redis_server, "q") == list(range(2500))
+    # The limit ends the shared run as techies' stop() does: a consumer's
+    # `while sc.started:` ends, and the next run starts afresh.
     fields = redis_server.hgetall("sc")
-    assert (fields["state"], fields["count"], fields["limit"]) == ("1", "2500", "2500")
+    assert (fields["state"], fields["count"], fields["total"], fields["limit"]) == (
+        "0",
+        "0",
+        "2500",
+        "2500",
+    )
+
+
+def test_a_run_after_a_finished_shared_run_is_a_new_run(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    for index in range(2):
+        daemon = hunt(
+            daemons,
+            tmp_path / f"run{index}",
+            f"{firehose_process}/firehose?size=80&start={index * 1000}",
+            "--limit",
+            "300",
+            "--sink",
+            redis_server.url(key="q"),
+            "--counter",
+            redis_server.url(key="sc"),
+        )
+        assert daemon.wait(timeout=30) == 0, daemon.output()
+    assert list_ids(redis_server, "q") == list(range(300)) + list(range(1000, 1300))
+    assert redis_server.hgetall("sc")["total"] == "600"
+
+
+def test_joining_a_run_left_on_at_its_limit_says_so_and_ends_it(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    # What an older hunter left behind: the run on, its count at the limit.
+    redis_server.command("HSET", "sc", "state", 1, "count", 100, "limit", 100)
+    args = ["--limit", "100", "--sink", redis_server.url(key="q")]
+    args += ["--counter", redis_server.url(key="sc")]
+    url = f"{firehose_process}/firehose?size=80"
+    stale = hunt(daemons, tmp_path / "stale", url, *args)
+    assert stale.wait(timeout=30) == 0, stale.output()
+    assert "limit reached (100 of 100)" in stale.output()
+    assert "run again to start a new run" in stale.output()
+    assert redis_server.command("LLEN", "q") == 0
+    assert redis_server.hgetall("sc")["state"] == "0"
+    again = hunt(daemons, tmp_path / "again", url, *args)
+    assert again.wait(timeout=30) == 0, again.output()
+    assert list_ids(redis_server, "q") == list(range(100))
+
+
+class BarrierFeed:
+    """JSON lines that flow only once ``parties`` clients are connected.
+
+    So hunters started one after another all join the shared run before any
+    of them can finish it.  The path's ``start`` query value is the first id.
+    """
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=30)
+        feed = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                request = self.rfile.readline().decode()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                match = re.search(r"start=(\d+)", request)
+                first = int(match.group(1)) if match else 0
+                try:
+                    feed.barrier.wait()
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    for n in itertools.count(first):
+                        self.wfile.write(b'{"id":%d}\n' % n)
+                except (OSError, threading.BrokenBarrierError):
+                    return
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def test_three_hunters_share_one_exact_quota(
     firehose_process, redis_server, tmp_path, daemons
 ):
     starts = (0, 1_000_000, 2_000_000)
+    feed = BarrierFeed(len(starts))
     group = [
         hunt(
             daemons,
             tmp_path / f"h{index}",
-            f"{firehose_process}/firehose?size=150&start={start}",
+            f"{feed.url}/feed?start={start}",
             "--limit",
             "5000",
             "--sink",
@@ -98,13 +185,15 @@ def test_three_hunters_share_one_exact_quota(
     ]
     for daemon in group:
         assert daemon.wait(timeout=60) == 0, daemon.output()
+    feed.close()
     ids = list_ids(redis_server, "q")
     assert len(ids) == 5000
     assert len(set(ids)) == 5000  # no duplicates
     for start in starts:  # each hunter's records are in its stream's order
         own = [i for i in ids if start <= i < start + 1_000_000]
         assert own == list(range(start, start + len(own)))
-    assert redis_server.hgetall("sc")["count"] == "5000"
+    fields = redis_server.hgetall("sc")
+    assert (fields["state"], fields["total"]) == ("0", "5000")
 
 
 def test_consumer_off_switch_reaches_a_silent_hunter_within_a_second(
@@ -191,7 +280,7 @@ def test_stream_sink_exact_and_trimmed(
     assert trimmed.wait(timeout=30) == 0, trimmed.output()
     length = redis_server.command("XLEN", "t")
     assert isinstance(length, int) and 1000 <= length < 5000
-    assert redis_server.hgetall("sc_b")["count"] == "5000"
+    assert redis_server.hgetall("sc_b")["total"] == "5000"
 
 
 def test_file_sink_with_shared_counter_is_exact_across_hunters(
@@ -238,7 +327,7 @@ def test_no_loss_through_a_redis_outage(
     durable_redis.restart()
     assert daemon.wait(timeout=30) == 0, daemon.output()
     assert list_ids(durable_redis, "q") == list(range(6000))
-    assert durable_redis.hgetall("sc")["count"] == "6000"
+    assert durable_redis.hgetall("sc")["total"] == "6000"
 
 
 def test_sigterm_during_outage_spills_what_redis_never_confirmed(
@@ -296,14 +385,14 @@ def test_techies_reads_what_the_daemon_pushed_in_order(
         q = techies.Queue(key="demo_q", host=HOST, port=PORT)
         sc = techies.StateCounter(key="demo_sc", host=HOST, port=PORT)
         ids = [json.loads(q.get())["id"] for _ in range(200)]
-        print(json.dumps({"ids": ids, "count": int(sc.get_count()),
+        print(json.dumps({"ids": ids, "total": int(sc.get_total()),
                           "started": bool(sc.started)}))
         """
     )
     seen = json.loads(out)
     assert seen["ids"] == list(range(200))
-    assert seen["count"] == 200
-    assert seen["started"] is True
+    # The limit ended the shared run: the seed's `while sc.started:` ends.
+    assert (seen["total"], seen["started"]) == (200, False)
 
 
 def test_techies_stop_switches_the_daemon_off(
@@ -477,7 +566,7 @@ def test_a_redis_counter_with_a_file_sink_sends_counts_not_records(
     assert daemon.wait(timeout=30) == 0, daemon.output()
     lines = out.read_bytes().splitlines()
     assert [json.loads(line)["id"] for line in lines] == list(range(20000))
-    assert redis_server.hgetall("sc")["count"] == "20000"
+    assert redis_server.hgetall("sc")["total"] == "20000"
     sent = _net_input_bytes(redis_server) - before
     assert sent < 20000 * 200 / 10, f"{sent} bytes went to Redis for 4 MB of records"
 
@@ -513,4 +602,4 @@ async def test_a_stream_that_ends_at_the_limit_is_not_reconnected(
     await h.close()
     assert len(h.q.pending) == 3000
     assert h.status()["reconnects"] == 0
-    assert redis_server.hgetall("sc")["count"] == "3000"
+    assert redis_server.hgetall("sc")["total"] == "3000"

@@ -249,9 +249,25 @@ class RedisGate(CounterGate):
 
     # -- talking to Redis
 
-    def _joined(self, _: object) -> None:
-        assert self._shared_counter is not None
-        self.position = self._shared_counter.last_event_id
+    def _joined(self, _: object) -> Deferred[None] | None:
+        shared = self._shared_counter
+        assert shared is not None
+        self.position = shared.last_event_id
+        if not (shared.started and shared.limit_reached):
+            return None
+        # A run left on at its limit (by an older hunter, or a techies user)
+        # would make this one deliver nothing in silence: end it, as reaching
+        # the limit does now, so the next run is a new one.
+        log.warn(
+            "tidehunter: the shared counter {key!r} was on with its limit "
+            "reached ({count} of {limit}), so this run delivers nothing; "
+            "ended that run (its count moved into total): run again to "
+            "start a new run",
+            key=shared.key,
+            count=shared.count,
+            limit=shared.limit,
+        )
+        return shared.stop()
 
     def _queue(self, records: list[bytes], position: bytes | None) -> None:
         self._queued.append(records)
@@ -303,7 +319,7 @@ class RedisGate(CounterGate):
         )
 
     def _answered(self, reply: list[Any], batch: _Batch) -> None:
-        admitted, state, count, limit, replayed = reply
+        admitted, state, count, limit, replayed, reached = reply
         admitted = int(admitted)
         if int(replayed) == GAP:
             if not self._refused:
@@ -328,15 +344,15 @@ class RedisGate(CounterGate):
                 self._listener.admitted(admitted)
         if admitted < len(batch.records):
             self.dropped += len(batch.records) - admitted
+        if shared is not None and int(reached) and not self._refused:
+            # This batch ended the shared run: the limit, not a stop.
+            self.drop_queued()
+            self._end(Ending.LIMIT)
         if shared is not None:
             shared.update(state, count, limit)
-        if (
-            shared is not None
-            and not self._refused
-            and (admitted < len(batch.records) or self.over)
-        ):
-            self.drop_queued()
-            self._end(Ending.LIMIT if shared.started else Ending.STOPPED)
+            if not self._refused and (admitted < len(batch.records) or self.over):
+                self.drop_queued()
+                self._end(Ending.LIMIT if shared.started else Ending.STOPPED)
         self._pump()
         self._after_answer()
 

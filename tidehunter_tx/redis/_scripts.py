@@ -19,7 +19,8 @@ __all__ = ["ADMIT_AND_PUSH", "GAP", "HISTORY", "START", "STOP", "Script", "is_no
 
 #: Applied (seq, admitted) pairs remembered per producer for re-sent batches.
 HISTORY = 32
-#: The last field of a reply: 0 applied, 1 a replay, GAP an earlier batch missing.
+#: A reply's fifth field: 0 applied, 1 a replay, GAP an earlier batch missing;
+#: its sixth is 1 when this batch reached the shared limit (the run then ended).
 GAP = 2
 
 
@@ -57,7 +58,7 @@ local force = seq < 0
 if force then seq = -seq end
 local maxlen = tonumber(ARGV[4])
 local event_id = ARGV[5]
-local state, count, limit = '1', 0, 0
+local state, count, limit, reached = '1', 0, 0, 0
 if counter ~= '' then
   local fields = redis.call('HMGET', counter, 'state', 'count', 'limit')
   state = fields[1] or '0'
@@ -71,12 +72,12 @@ if seq <= tonumber(last) then
   for s, a in string.gmatch(past, '(%d+):(%d+),') do
     if tonumber(s) == seq then replay = tonumber(a) end
   end
-  return {replay, state, count, limit, 1}
+  return {replay, state, count, limit, 1, 0}
 end
 -- Applied strictly in order: a batch whose predecessor is not applied yet
 -- (re-sent after NOSCRIPT while another client loaded the script) waits.
 if seq > tonumber(last) + 1 and not force then
-  return {0, state, count, limit, 2}
+  return {0, state, count, limit, 2, 0}
 end
 local n = #ARGV - 5
 if mode == 'none' then n = tonumber(ARGV[6]) end
@@ -98,6 +99,14 @@ if state == '1' then
     end
     if counter ~= '' then
       count = redis.call('HINCRBY', counter, 'count', admitted)
+      -- The shared limit reached ends the shared run as techies' stop()
+      -- does (count into total, state 0), so a consumer's
+      -- `while sc.started:` ends and a later run starts afresh.
+      if limit > 0 and count >= limit then
+        redis.call('HINCRBY', counter, 'total', count)
+        redis.call('HSET', counter, 'count', 0, 'state', 0)
+        state, reached = '0', 1
+      end
     end
   end
   -- Where an event stream stands, stored with the push it belongs to, so a
@@ -115,7 +124,8 @@ while keep > HISTORY do
 end
 redis.call('HSET', seen, producer, seq .. '|' .. past)
 redis.call('EXPIRE', seen, 86400)
-return {admitted, state, count, limit, 0}
+-- `count` is the run's count as this batch left it, before a reset.
+return {admitted, state, count, limit, 0, reached}
 """.replace(b"HISTORY", b"%d" % HISTORY)
 )
 
