@@ -42,4 +42,4 @@ def firehose_process() -> Iterator[str]:
 
 
 # Redis fixtures live with the Redis harness; importing them registers them.
-from redis_support import redis_server, techies, techies_python  # noqa: E402, F401
+from redis_support import daemons, redis_server, techies, techies_python  # noqa: E402, F401

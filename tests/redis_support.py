@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import shlex
 import shutil
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import pytest
+from support import Daemon
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -362,3 +364,36 @@ def techies_python() -> Path:
 def techies(techies_python: Path, redis_server: RedisServer) -> Techies:
     """``techies(snippet)`` runs techies code against ``redis_server``."""
     return Techies(techies_python, redis_server.port)
+
+
+# -- daemons against Redis
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def hunt(
+    daemons: list[Daemon], workdir: Path, url: str, *args: str, **kw: object
+) -> Daemon:
+    workdir.mkdir(parents=True, exist_ok=True)
+    daemon = Daemon(workdir, "--url", url, *args, **kw)  # type: ignore[arg-type]
+    daemons.append(daemon)
+    return daemon
+
+
+def list_ids(server: RedisServer, key: str) -> list[int]:
+    reply = server.command("LRANGE", key, 0, -1)
+    assert isinstance(reply, list)
+    return [json.loads(item)["id"] for item in reply]  # type: ignore[arg-type]
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)

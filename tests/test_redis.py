@@ -9,12 +9,11 @@ import socketserver
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
-from redis_support import RedisServer, Techies
-from support import Daemon, sleep, wait_for
+from redis_support import RedisServer, Techies, hunt, list_ids, wait_until
+from support import sleep, wait_for
 
 from tidehunter_tx import Hunter
 from tidehunter_tx.redis import (
@@ -26,40 +25,10 @@ from tidehunter_tx.redis import (
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-@pytest.fixture
 def durable_redis() -> Iterator[RedisServer]:
     """A server whose data survives SIGKILL (appendfsync always), for outages."""
     with RedisServer(persistent=True) as server:
         yield server
-
-
-def hunt(
-    daemons: list[Daemon], workdir: Path, url: str, *args: str, **kw: object
-) -> Daemon:
-    workdir.mkdir(parents=True, exist_ok=True)
-    daemon = Daemon(workdir, "--url", url, *args, **kw)  # type: ignore[arg-type]
-    daemons.append(daemon)
-    return daemon
-
-
-def list_ids(server: RedisServer, key: str) -> list[int]:
-    reply = server.command("LRANGE", key, 0, -1)
-    assert isinstance(reply, list)
-    return [json.loads(item)["id"] for item in reply]  # type: ignore[arg-type]
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_list_sink_exact_limit_and_counter_fields(
@@ -202,7 +171,7 @@ def test_consumer_off_switch_reaches_a_silent_hunter_within_a_second(
     daemon = hunt(
         daemons,
         tmp_path,
-        f"{firehose_process}/firehose?count=3&rate=100&keepalive=0.2",
+        f"{firehose_process}/firehose?stall_after=3&keepalive=0.2",
         "--no-reconnect",
         "--sink",
         redis_server.url(key="q"),
@@ -287,11 +256,14 @@ def test_file_sink_with_shared_counter_is_exact_across_hunters(
     firehose_process, redis_server, tmp_path, daemons
 ):
     outs = [tmp_path / f"out{index}.jsonl" for index in range(2)]
+    # Both join before either can finish the run (a hunter started after the
+    # run ended would start a new one).
+    feed = BarrierFeed(len(outs))
     group = [
         hunt(
             daemons,
             tmp_path / f"h{index}",
-            f"{firehose_process}/firehose?size=90",
+            f"{feed.url}/feed?start={index * 1_000_000}",
             "--limit",
             "3000",
             "--sink",
@@ -303,6 +275,7 @@ def test_file_sink_with_shared_counter_is_exact_across_hunters(
     ]
     for daemon in group:
         assert daemon.wait(timeout=30) == 0, daemon.output()
+    feed.close()
     written = [len(out.read_text().splitlines()) for out in outs]
     assert sum(written) == 3000
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest_twisted
 from twisted.internet import reactor
 
@@ -71,14 +73,22 @@ async def test_a_script_reloaded_by_another_client_keeps_our_batches_in_order(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_refused_batch_is_counted_and_the_gate_settles(redis_server):
-    redis_server.command("SET", "q", "not a list")
+async def test_a_refusal_no_retry_cures_keeps_every_record_for_the_spill(
+    redis_server, tmp_path
+):
+    redis_server.command("SET", "q", "not a list")  # WRONGTYPE for RPUSH
     gate, listener = make_gate(redis_server)
     await gate.start(1000)
     for n in range(6):
         gate.offer([b"r%d" % n], None)
     await gate.settled()
-    assert gate.dropped == 6  # every record has a fate: none is silently gone
+    # Nothing is dropped: the run fails, and all six are still owed.
+    assert (gate.dropped, gate.unconfirmed) == (0, 6)
     assert [str(e) for e in listener.endings] == ["Ending.FAILED"]
-    assert gate.unconfirmed == 0
+    spill = tmp_path / "spill.jsonl"
+    assert gate.spill(str(spill)) == (1, 5)
+    lines = [json.loads(line) for line in spill.read_text().splitlines()]
+    assert [line["data"] for line in lines] == [f"r{n}" for n in range(6)]
+    # Only the refused batch was sent; the ones behind it surely were not applied.
+    assert [line["sent"] for line in lines] == [True] + [False] * 5
     await gate.close()

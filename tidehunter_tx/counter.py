@@ -28,6 +28,8 @@ class Counter(Protocol):
 
     count: int
     total: int
+    #: Why the counter is gone (its Redis hash vanished), or None.
+    lost: str | None
 
     @property
     def limit(self) -> int: ...
@@ -67,6 +69,7 @@ class CounterState:
         self.total = 0
         self.state = 0
         self._limit = 0
+        self.lost: str | None = None
         self._stop_listeners: list[StopListener] = []
 
     @property

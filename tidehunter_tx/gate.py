@@ -29,7 +29,14 @@ if TYPE_CHECKING:
     from .counter import CounterState, StateCounter
     from .sinks import DrainCallback, Sink
 
-__all__ = ["CounterGate", "Ending", "IGate", "IGateListener", "LocalGate"]
+__all__ = [
+    "CounterGate",
+    "CounterLost",
+    "Ending",
+    "IGate",
+    "IGateListener",
+    "LocalGate",
+]
 
 
 class Ending(enum.Enum):
@@ -40,6 +47,11 @@ class Ending(enum.Enum):
     ENDED = "ended"  # the server ended the body cleanly
     FAILED = "failed"  # the connection broke, or the sink refused records
     STALLED = "stalled"  # no byte for the stall timeout (keep-alives count)
+
+
+class CounterLost(Exception):
+    """The shared counter vanished mid-run (Redis restarted empty, flushed,
+    evicted, deleted): a failure to report, never read as a stop."""
 
 
 class IGateListener(Interface):
@@ -63,6 +75,9 @@ class IGate(Interface):
     dropped = Attribute("Records offered but not admitted because the run was over.")
     unconfirmed = Attribute(
         "Records offered whose fate is not known yet (sent, not answered)."
+    )
+    waiting = Attribute(
+        "Why delivery waits (a refusal that can pass, retried), or None."
     )
     position = Attribute(
         "The resume position stored with the last admitted records (bytes or None)."
@@ -113,6 +128,7 @@ class CounterGate:
         self.counter = counter
         self.dropped = 0
         self.position: bytes | None = None
+        self.waiting: str | None = None
         self._listener: IGateListener | None = None
         self._watching = False
 
@@ -157,7 +173,10 @@ class CounterGate:
 
     def _end_if_over(self) -> None:
         """Switched off, or the limit reached (here or by another hunter)."""
-        if self.over:
+        lost = self.counter.lost
+        if lost is not None:
+            self._end(Ending.FAILED, Failure(CounterLost(lost)))
+        elif self.over:
             self._end(Ending.LIMIT if self.counter.started else Ending.STOPPED)
 
     def _end(self, ending: Ending, reason: Failure | None = None) -> None:

@@ -445,6 +445,7 @@ class Hunter:
                 "connected_since": stats.connected_since,
                 "last_record_at": stats.last_record_at,
                 "last_error": stats.last_error,
+                "waiting": self.gate.waiting,
             }
         )
 

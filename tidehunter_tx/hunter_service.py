@@ -139,7 +139,8 @@ class HunterService(Service, HunterController):
         self._winding_down = True
         unconfirmed = 0
         try:
-            if not await self._settle():
+            # A refusal ends the run with its records owed even once settled.
+            if not await self._settle() or self.hunter.gate.unconfirmed:
                 unconfirmed = self.hunter.gate.unconfirmed
                 saved = self._on_unsettled(self.hunter) if self._on_unsettled else 0
                 if saved < unconfirmed:

@@ -47,6 +47,7 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("connected_since", float, True, "when the stream connected"),
     StatusField("last_record_at", float, True, "when the last record arrived"),
     StatusField("last_error", str, True, "why the last connection ended"),
+    StatusField("waiting", str, True, "why delivery waits (a Redis refusal, retried)"),
 )
 
 

@@ -59,6 +59,8 @@ class RedisStateCounter(CounterState):
         self._poll.clock = self._clock
         self._poll_interval = poll_interval
         self._watching = False
+        #: Redis's run_id when the run started: tells a restart from a flush.
+        self.run_id: str | None = None
 
     def _limit_changed(self, value: int) -> None:
         """The limit lives in the hash, for every hunter sharing it."""
@@ -76,8 +78,47 @@ class RedisStateCounter(CounterState):
         d = self.connection.eval(START, keys=[self.key], args=[arg])
         d.addTimeout(self.start_timeout, self._clock, onTimeoutCancel=self._no_answer)
         d.addCallback(self._update)
-        d.addCallback(lambda _: self._watch())
+        d.addCallback(lambda _: self._read_run_id())
+        d.addCallback(self._started)
         return d  # type: ignore[no-any-return]
+
+    def _started(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.lost = None
+        self._watch()
+
+    def _read_run_id(self) -> Deferred[str | None]:
+        """Redis's ``run_id`` (INFO server), or None when it cannot be read."""
+        d = self.connection.execute_command("INFO", "server")
+
+        def parse(info: Any) -> str | None:
+            for line in _text(info).splitlines():
+                if line.startswith("run_id:"):
+                    return line.partition(":")[2].strip()
+            return None
+
+        d.addCallback(parse)
+        d.addErrback(lambda _: None)
+        return d  # type: ignore[no-any-return]
+
+    def vanished(self) -> None:
+        """The hash is gone mid-run: find out why, then fail every run on it."""
+        if self.lost is not None:
+            return
+        self.lost = f"the shared counter {self.key!r} vanished from Redis"
+        self._read_run_id().addCallback(self._tell_lost)
+
+    def _tell_lost(self, run_id: str | None) -> None:
+        if self.run_id is None or run_id is None:
+            why = "Redis's run_id unknown"
+        elif run_id != self.run_id:
+            why = "Redis restarted: its run_id changed, so it lost its data"
+        else:
+            why = "same Redis run_id: flushed, evicted or deleted"
+        self.lost = (
+            f"the shared counter {self.key!r} vanished from Redis mid-run ({why})"
+        )
+        self._notify_stopped()
 
     def _no_answer(self, result: Any, timeout: float) -> Any:
         if isinstance(result, Failure) and result.check(CancelledError):
@@ -121,6 +162,10 @@ class RedisStateCounter(CounterState):
             self._notify_stopped()
 
     def _update(self, fields: list[Any]) -> None:
+        if fields[0] is None and self._watching:
+            # Every start writes the hash: gone now, it vanished.  Never a stop.
+            self.vanished()
+            return
         if len(fields) > 4:
             self.last_event_id = fields[4]
         state, count, total, limit = (f if f is not None else b"0" for f in fields[:4])

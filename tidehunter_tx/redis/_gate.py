@@ -20,11 +20,11 @@ from ..gate import CounterGate, Ending, IGate
 from ..sinks import DrainCallback, Sink
 from ._connection import close_connection, execute_encoded
 from ._counter import RedisStateCounter
-from ._scripts import ADMIT_AND_PUSH, GAP, is_noscript
+from ._scripts import ADMIT_AND_PUSH, GAP, LOST, is_noscript, retryable_refusal
 from ._spec import RedisSpec
 from ._spill import write_spill
 
-__all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "RedisGate"]
+__all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "RedisGate", "RedisRefused"]
 
 log = Logger()
 
@@ -36,6 +36,14 @@ MAX_IN_FLIGHT = 4
 #: stream pauses.  One call is in flight; what is read meanwhile waits and goes
 #: as one count, so a call costs the same however many records it counts.
 MAX_COUNTED_BACKLOG = MAX_IN_FLIGHT * MAX_BATCH
+#: A refusal that can pass (OOM, READONLY, ...): first retry, and the longest
+#: wait between retries, in seconds.
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+
+
+class RedisRefused(Exception):
+    """Redis refused a batch in a way no retry cures (WRONGTYPE, NOPERM, ...)."""
 
 
 @dataclass
@@ -45,6 +53,10 @@ class _Batch:
     event_id: bytes | None = None
     #: Apply even if an earlier sequence number is missing from Redis's history.
     force: bool = False
+    #: Known not applied, waiting to be sent again (a refusal that can pass).
+    held: bool = False
+    #: Refused or its answer lost: Redis may hold some of it (a spill says so).
+    maybe_applied: bool = True
 
 
 @implementer(IGate)
@@ -132,11 +144,19 @@ class RedisGate(CounterGate):
         self._closing = False
         self._spilled = False
         self._idle: list[Deferred[None]] = []
+        self._waiting_since = 0.0
+        self._retry_delay = RETRY_FIRST
+        self._retry_call: Any = None
+        self._retrying: _Batch | None = None
+        # Batches the run ended with, not confirmed: kept for the spill.
+        self._kept: list[_Batch] = []
 
     # -- IGate
 
     @property
     def full(self) -> bool:
+        if self.waiting is not None or self._refused:
+            return True
         if self.local is not None:
             return self.local.full or self._backlog >= MAX_COUNTED_BACKLOG
         return len(self._in_flight) + len(self._queued) >= self.max_in_flight
@@ -146,6 +166,7 @@ class RedisGate(CounterGate):
             # A closed gate forgot its history in Redis: start a fresh one.
             self.producer, self._seq = uuid.uuid4().hex, 0
         self._closing = self._spilled = self._refused = False
+        self._kept = []
         self._watch_counter()
         if self._shared_counter is not None:
             # Join the run; a limit of 0 (or None) leaves the shared one alone.
@@ -190,7 +211,7 @@ class RedisGate(CounterGate):
         return self._backlog
 
     def settled(self) -> Deferred[None]:
-        if not self._in_flight and not self._queued:
+        if not self._in_flight and (not self._queued or self._refused):
             return succeed(None)
         waiting: Deferred[None] = Deferred()
         self._idle.append(waiting)
@@ -203,6 +224,7 @@ class RedisGate(CounterGate):
         script recognise a spilled batch that Redis did apply.
         """
         self._closing = True
+        self._cancel_retry()
         if self._shared_counter is not None:
             self._shared_counter.close()
         forgetting: Deferred[Any] = succeed(None)
@@ -239,10 +261,16 @@ class RedisGate(CounterGate):
         and ``seq`` identify its batch, which the admit-and-push script would
         recognise if re-sent) or never sent.  Returns (sent, unsent) counts.
         """
-        sent_batches = [(batch.seq, batch.records) for batch in self._in_flight]
-        counts = write_spill(
-            path, self.target_key, self.producer, sent_batches, list(self._queued)
-        )
+        owed = sorted([*self._kept, *self._in_flight], key=lambda batch: batch.seq)
+        batches: list[tuple[int | None, list[bytes]]] = [
+            (
+                batch.seq if batch.maybe_applied and not batch.held else None,
+                batch.records,
+            )
+            for batch in owed
+        ]
+        batches += [(None, records) for records in self._queued]
+        counts = write_spill(path, self.target_key, self.producer, batches)
         if sum(counts):
             self._closing = self._spilled = True
         return counts
@@ -276,6 +304,8 @@ class RedisGate(CounterGate):
         self._pump()
 
     def _pump(self) -> None:
+        if self.waiting is not None or self._refused:
+            return  # nothing new goes while Redis refuses
         queued = self._queued
         ids = self._queued_ids
         while queued and len(self._in_flight) < self.max_in_flight:
@@ -321,16 +351,27 @@ class RedisGate(CounterGate):
     def _answered(self, reply: list[Any], batch: _Batch) -> None:
         admitted, state, count, limit, replayed, reached = reply
         admitted = int(admitted)
-        if int(replayed) == GAP:
-            if not self._refused:
-                # An earlier batch of ours is not applied yet: when it is
-                # still ours to re-send (after NOSCRIPT), this one goes again
-                # behind it; otherwise Redis forgot the history, and it goes
-                # again to be applied regardless.
-                batch.force = not any(b.seq < batch.seq for b in self._in_flight)
-                self._send(batch)
+        outcome = int(replayed)
+        if outcome == GAP:
+            if self._refused:
+                self._keep(batch, maybe_applied=False)
                 return
-            admitted = 0  # after a refusal nothing more is applied
+            if self.waiting is not None and batch is not self._retrying:
+                # Behind a refused batch: it waits for the retry, in order.
+                batch.held = True
+                return
+            # An earlier batch of ours is not applied yet: when it is still
+            # ours to re-send (after NOSCRIPT), this one goes again behind
+            # it; otherwise Redis forgot the history, and it goes again to
+            # be applied regardless.
+            batch.force = not any(b.seq < batch.seq for b in self._in_flight)
+            self._send(batch)
+            return
+        if outcome == LOST:
+            self._counter_lost(batch)
+            return
+        if batch is self._retrying:
+            self._accepted_again()
         self._settle(batch)
         shared = self._shared_counter
         # Deliver first, then take the counter's news: reaching the limit
@@ -363,29 +404,108 @@ class RedisGate(CounterGate):
             and failure.check(txredisapi.ConnectionError)
         ):
             return  # closed on purpose
-        if failure.check(txredisapi.ConnectionError) and not self._spilled:
+        if self._spilled:
+            return
+        if self._refused:
+            self._keep(batch, maybe_applied=True)
+            return
+        if self.waiting is not None and batch is not self._retrying:
+            batch.held = True  # goes again, in order, once Redis accepts
+            return
+        if failure.check(txredisapi.ConnectionError):
             # Lost with the connection: maybe applied, maybe not.  Re-send it
             # (it waits for the reconnect); the sequence number makes it count
             # once.  Failures arrive in send order, so order is kept.
             self._send(batch)
             return
-        if is_noscript(failure) and not self._spilled:
+        if is_noscript(failure):
             # Redis forgot the script (restarted, flushed): send it in full.
             # Answers come in send order, so every batch after this one is
             # re-sent after it, and the order of the records holds.
             self._send(batch, load=True)
             return
-        if self._spilled:
+        refusal = retryable_refusal(failure)
+        if refusal is not None:
+            self._hold(batch, refusal)
             return
-        log.failure("tidehunter: Redis refused a batch", failure)
+        # No retry cures this refusal: the run ends, and what it held and what
+        # waits behind it stay owed (the daemon spills them), never dropped.
+        message = _one_line(failure)
+        log.error(
+            "tidehunter: Redis refused a batch of {count} records: {error}",
+            count=len(batch.records),
+            error=message,
+        )
         self._refused = True
-        self._settle(batch)
-        # No retry cures a refusal: what it held and what waits behind it are
-        # counted, never silently gone.
-        self.dropped += len(batch.records)
-        self.drop_queued()
-        self._end(Ending.FAILED, failure)
+        self._keep(batch, maybe_applied=True)
+        self._end(Ending.FAILED, Failure(RedisRefused(f"Redis refused: {message}")))
+
+    # -- refusals
+
+    def _keep(self, batch: _Batch, *, maybe_applied: bool) -> None:
+        """``batch`` ends unconfirmed: out of flight, still owed (the spill)."""
+        if batch in self._in_flight:
+            self._in_flight.remove(batch)
+        batch.maybe_applied = maybe_applied
+        self._kept.append(batch)
         self._after_answer()
+
+    def _hold(self, batch: _Batch, refusal: str) -> None:
+        """A refusal that can pass: keep every batch, pause, retry the first."""
+        batch.held = True
+        now = self._clock.seconds()
+        if self.waiting is None:
+            self._waiting_since = now
+            self._retry_delay = RETRY_FIRST
+            log.warn(
+                "tidehunter: Redis refused a batch ({refusal}); the stream "
+                "waits with {owed} records held and retries until Redis "
+                "accepts them",
+                refusal=refusal,
+                owed=self._backlog,
+            )
+        else:
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        self.waiting = f"Redis refuses: {refusal}"
+        self._retrying = None
+        self._retry_call = self._clock.callLater(self._retry_delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        held = [batch for batch in self._in_flight if batch.held]
+        if not held or self._closing:
+            return
+        first = min(held, key=lambda batch: batch.seq)
+        first.held = False
+        self._retrying = first
+        self._send(first)
+
+    def _accepted_again(self) -> None:
+        """The retried batch went in: send the held ones after it, in order."""
+        log.info(
+            "tidehunter: Redis accepts batches again after {seconds:.1f} s",
+            seconds=self._clock.seconds() - self._waiting_since,
+        )
+        self.waiting = None
+        self._retrying = None
+        for batch in sorted(self._in_flight, key=lambda batch: batch.seq):
+            if batch.held:
+                batch.held = False
+                self._send(batch)
+
+    def _cancel_retry(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+
+    def _counter_lost(self, batch: _Batch) -> None:
+        """The script found no counter hash: nothing applied, the run fails."""
+        first = not self._refused
+        self._refused = True
+        self._keep(batch, maybe_applied=False)
+        shared = self._shared_counter
+        if first and shared is not None:
+            shared.vanished()
 
     def _settle(self, batch: _Batch) -> None:
         """``batch`` has its answer: it is no longer in flight."""
@@ -398,7 +518,7 @@ class RedisGate(CounterGate):
         self._backlog -= len(batch.records)
 
     def _after_answer(self) -> None:
-        if not self._in_flight and not self._queued:
+        if not self._in_flight and (not self._queued or self._refused):
             idle, self._idle = self._idle, []
             for waiting in idle:
                 waiting.callback(None)
@@ -413,6 +533,10 @@ class RedisGate(CounterGate):
         elif self.local is not None and self.local.full:
             # Answers filled the local sink: wait for it, not for Redis.
             self.local.set_drain_callback(self._maybe_drained)
+
+
+def _one_line(failure: Failure) -> str:
+    return " ".join(failure.getErrorMessage().split())
 
 
 def counter_key(counter: RedisStateCounter | StateCounter) -> str:

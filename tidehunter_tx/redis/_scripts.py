@@ -15,13 +15,51 @@ from twisted.python.failure import Failure
 
 from ._connection import encode_command
 
-__all__ = ["ADMIT_AND_PUSH", "GAP", "HISTORY", "START", "STOP", "Script", "is_noscript"]
+__all__ = [
+    "ADMIT_AND_PUSH",
+    "GAP",
+    "HISTORY",
+    "LOST",
+    "RETRYABLE",
+    "START",
+    "STOP",
+    "Script",
+    "is_noscript",
+    "retryable_refusal",
+]
 
 #: Applied (seq, admitted) pairs remembered per producer for re-sent batches.
 HISTORY = 32
-#: A reply's fifth field: 0 applied, 1 a replay, GAP an earlier batch missing;
-#: its sixth is 1 when this batch reached the shared limit (the run then ended).
+#: A reply's fifth field: 0 applied, 1 a replay, GAP an earlier batch missing,
+#: LOST the counter hash is gone (nothing applied: a vanished hash is never a
+#: stop); its sixth is 1 when this batch reached the shared limit.
 GAP = 2
+LOST = 3
+
+#: Refusals that pass on their own (memory freed, a failover over, a load or
+#: a slow script done): the batch is kept and sent again.
+RETRYABLE = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+)
+
+
+def retryable_refusal(failure: Failure) -> str | None:
+    """The refusal in one line when it can pass, else None.
+
+    A script wraps the error of the command it called (``ERR Error running
+    script ... : OOM command not allowed ...``), so every word is looked at.
+    """
+    if not failure.check(txredisapi.ResponseError):
+        return None
+    message = " ".join(failure.getErrorMessage().split())
+    words = {word.strip("-:,.()") for word in message.split()}
+    return message if words.intersection(RETRYABLE) else None
 
 
 @dataclass(frozen=True)
@@ -58,9 +96,10 @@ local force = seq < 0
 if force then seq = -seq end
 local maxlen = tonumber(ARGV[4])
 local event_id = ARGV[5]
-local state, count, limit, reached = '1', 0, 0, 0
+local state, count, limit, reached, present = '1', 0, 0, 0, true
 if counter ~= '' then
   local fields = redis.call('HMGET', counter, 'state', 'count', 'limit')
+  present = fields[1] ~= false
   state = fields[1] or '0'
   count = tonumber(fields[2] or '0')
   limit = tonumber(fields[3] or '0')
@@ -74,6 +113,9 @@ if seq <= tonumber(last) then
   end
   return {replay, state, count, limit, 1, 0}
 end
+-- The hash is written by every start: gone now, it vanished (Redis restarted
+-- empty, FLUSHDB, eviction, DEL).  Nothing is applied, and it is no stop.
+if counter ~= '' and not present then return {0, '', 0, 0, 3, 0} end
 -- Applied strictly in order: a batch whose predecessor is not applied yet
 -- (re-sent after NOSCRIPT while another client loaded the script) waits.
 if seq > tonumber(last) + 1 and not force then

@@ -13,19 +13,20 @@ def write_spill(
     path: str,
     key: str,
     producer: str,
-    sent: list[tuple[int, list[bytes]]],
-    unsent: list[list[bytes]],
+    batches: list[tuple[int | None, list[bytes]]],
 ) -> tuple[int, int]:
     """Append one JSON object per record to ``path``, fsynced; (sent, unsent).
 
-    ``sent`` batches (seq, records) may have been applied before the outage:
-    their lines carry ``producer`` and ``seq`` so a reader can tell.
+    ``batches`` are (seq, records) in the stream's order; a seq means the
+    batch was sent and Redis may have applied it (its lines carry ``producer``
+    and ``seq`` so a reader can tell), None that Redis surely holds none of it.
     """
     lines = [
-        _line(key, record, producer, seq) for seq, records in sent for record in records
+        _line(key, record, producer, seq)
+        for seq, records in batches
+        for record in records
     ]
-    sent_count = len(lines)
-    lines += [_line(key, record) for records in unsent for record in records]
+    sent_count = sum(len(records) for seq, records in batches if seq is not None)
     if lines:
         with open(path, "a", encoding="utf-8") as spill:
             spill.writelines(lines)
