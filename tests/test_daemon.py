@@ -113,3 +113,28 @@ def test_plugin_file_has_no_package_init():
     assert (root / "twisted/plugins/tidehunter_plugin.py").exists()
     assert not (root / "twisted/__init__.py").exists()
     assert not (root / "twisted/plugins/__init__.py").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_run_with_exit_1(firehose_process, tmp_path):
+    # `twistd ... | head -3`: head exits after three lines, the pipe closes.
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as stderr:
+        daemon = subprocess.Popen(
+            [*TWISTD, "tidehunter", "--url", f"{firehose_process}/firehose?size=100"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        assert daemon.stdout is not None
+        head = subprocess.run(
+            ["head", "-3"], stdin=daemon.stdout, capture_output=True, timeout=30
+        )
+        daemon.stdout.close()  # only head held the read end
+        try:
+            code = daemon.wait(timeout=30)
+        finally:
+            daemon.kill()
+    assert [json.loads(line)["id"] for line in head.stdout.splitlines()] == [0, 1, 2]
+    output = log.read_text()
+    assert code == 1, output
+    assert "the reader of the records closed the pipe after" in output

@@ -27,6 +27,18 @@ def info_field(server: RedisServer, name: str) -> str:
     raise AssertionError(f"no {name} in INFO")
 
 
+def closing_counts(output: str) -> dict[str, int]:
+    """The numbers of the daemon's closing line, by what they count."""
+    line = next(line for line in output.splitlines() if " delivered (limit " in line)
+    words = line.split("tidehunter: ", 1)[1].replace(";", ",").replace(":", ",")
+    counts: dict[str, int] = {}
+    for part in words.split(","):
+        number, _, what = part.strip().partition(" ")
+        if number.isdigit():
+            counts[what.split(" (")[0]] = int(number)
+    return counts
+
+
 def spilled_ids(path: Path) -> list[int]:
     return [json.loads(json.loads(line)["data"])["id"] for line in path.open()]
 
@@ -128,7 +140,9 @@ def test_a_refusal_no_retry_cures_exits_1_with_every_record_spilled(
     # Every record read and not confirmed: nothing reached Redis, so all of
     # them, from the first, in order.
     assert spilled == list(range(len(spilled))) and spilled, output
-    assert "0 records delivered" in output
+    counts = closing_counts(output)
+    assert counts["records delivered"] == 0
+    assert counts["records read"] == counts["spilled"] == len(spilled)
 
 
 def test_a_counter_deleted_mid_run_is_a_failure_not_a_stop(
@@ -151,6 +165,11 @@ def test_a_counter_deleted_mid_run_is_a_failure_not_a_stop(
     spilled = spilled_ids(spill) if spill.exists() else []
     # Pushed, then spilled: one unbroken run of ids, none twice.
     assert pushed + spilled == list(range(len(pushed) + len(spilled)))
+    counts = closing_counts(output)
+    assert counts["records delivered"] == len(pushed)
+    assert counts["spilled"] == len(spilled)
+    fates = ("records delivered", "spilled", "dropped after the run ended")
+    assert counts["records read"] == sum(counts[fate] for fate in fates)
 
 
 def test_a_redis_restarted_empty_is_a_failure_that_says_so(
@@ -187,3 +206,23 @@ def test_a_counter_gone_from_under_a_quiet_stream_is_no_stop(
     # Only the counter's poll can see it: no batch goes while the feed is quiet.
     assert daemon.wait(timeout=10) == 1, daemon.output()
     assert "vanished from Redis mid-run" in daemon.output()
+
+
+def test_the_count_stop_prints_and_the_log_are_what_redis_holds(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    daemon = redis_run(
+        daemons,
+        tmp_path,
+        f"{firehose_process}/firehose?size=100&rate=20000",
+        redis_server,
+        "--limit",
+        "1000000",
+    )
+    wait_until(lambda: (redis_server.command("LLEN", "q") or 0) > 5000)
+    stopped = daemon.ctl("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert daemon.wait(timeout=30) == 0, daemon.output()
+    held = redis_server.command("LLEN", "q")
+    assert int(stopped.stdout) == held
+    assert closing_counts(daemon.output())["records delivered"] == held

@@ -9,6 +9,11 @@ from twisted.python.failure import Failure
 __all__ = ["describe", "loggable_url", "one_line", "public_url", "redact_url"]
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 record``, ``2 records``: a count as a person writes it."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def public_url(url: str) -> str:
     """Scheme, host and path only: safe for status replies and metrics.
 

@@ -73,6 +73,7 @@ class IGate(Interface):
     full = Attribute("True while the stream should pause until the drain callback.")
     over = Attribute("True once the run must end (switched off or limit reached).")
     dropped = Attribute("Records offered but not admitted because the run was over.")
+    spilled = Attribute("Records written to a spill file rather than delivered.")
     unconfirmed = Attribute(
         "Records offered whose fate is not known yet (sent, not answered)."
     )
@@ -127,6 +128,7 @@ class CounterGate:
     def __init__(self, counter: CounterState) -> None:
         self.counter = counter
         self.dropped = 0
+        self.spilled = 0
         self.position: bytes | None = None
         self.waiting: str | None = None
         self._listener: IGateListener | None = None

@@ -432,7 +432,11 @@ class Hunter:
                 "total": sc.total,
                 "limit": sc.limit,
                 "bytes": stats.bytes,
+                "read": stats.read,
                 "records": stats.records,
+                "in_flight": self.gate.unconfirmed,
+                "spilled": self.gate.spilled,
+                "lost": stats.lost,
                 "keepalives": self.framer.keepalives,
                 "skipped": self.framer.skipped,
                 "truncated": stats.truncated,
@@ -559,6 +563,14 @@ class Hunter:
         if ending is Ending.FAILED and self._gate_failure is None:
             self._gate_failure = reason
         self._halt(ending)
+
+    def sink_lost(self, count: int, reason: Failure) -> None:
+        """The sink lost ``count`` records it had taken, and takes no more
+        (the reader of a pipe went away): they are not delivered, and the run
+        fails with ``reason``."""
+        self.stats.records -= count
+        self.stats.lost += count
+        self.ended(Ending.FAILED, reason)
 
     # -- the run
 

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._describe import public_url
+from ._describe import counted, public_url
 from ._reactor import or_global_reactor
 from .control import HunterController
 from .hunter import GaveUp, Hunter
@@ -180,14 +180,28 @@ class HunterService(Service, HunterController):
 
     def _report(self) -> None:
         status = self.hunter.status()
+        # Every record read has one fate; the line names each, so they add up.
         log.info(
-            "tidehunter: {delivered} records delivered (limit {limit}); "
-            "{bytes} bytes, {keepalives} keep-alives, {skipped} skipped, "
-            "{dropped} dropped after the run ended, {reconnects} reconnects",
-            delivered=self.hunter.delivered,
+            "tidehunter: {delivered} delivered (limit {limit}); {read} read: "
+            "{in_flight} unconfirmed, {spilled} spilled, {dropped} dropped after "
+            "the run ended, {lost} lost by the sink; {skipped} skipped (too "
+            "big), {truncated} cut off at a body's end; {bytes} bytes, "
+            "{keepalives} keep-alives, {reconnects} reconnects",
+            delivered=counted(self.hunter.delivered, "record"),
             limit=self.hunter.sc.limit or "none",
+            read=counted(status["read"], "record"),
             **{
                 key: status[key]
-                for key in ("bytes", "keepalives", "skipped", "dropped", "reconnects")
+                for key in (
+                    "in_flight",
+                    "spilled",
+                    "dropped",
+                    "lost",
+                    "skipped",
+                    "truncated",
+                    "bytes",
+                    "keepalives",
+                    "reconnects",
+                )
             },
         )

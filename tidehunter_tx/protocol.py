@@ -43,7 +43,11 @@ class StreamStats:
     """Counters that outlive one connection; read by status and metrics."""
 
     bytes: int = 0
+    #: Records framed and offered to the gate (each then has one fate).
+    read: int = 0
     records: int = 0
+    #: Records a sink took but could not deliver (a pipe's reader went away).
+    lost: int = 0
     pauses: int = 0
     truncated: int = 0  # partial records dropped because the body ended mid-record
     stalls: int = 0
@@ -147,6 +151,7 @@ class StreamProtocol(Protocol):
     def _deliver(self, records: list[bytes]) -> None:
         """Offer the records; the gate says (maybe later) what it admitted."""
         if records:
+            self.stats.read += len(records)
             self._gate.offer(records, self._framer.position)
 
     def _start_failed(self, failure: Failure) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from ._reactor import global_reactor
 from .auth import AuthError, signer_from_env
@@ -35,7 +37,7 @@ from .redis import (
     connect,
     parse_redis_spec,
 )
-from .sinks import FileSink, PipeSink
+from .sinks import FileSink, PipeClosed, PipeSink
 
 __all__ = [
     "DEFAULT_CONTROL",
@@ -314,6 +316,12 @@ class DaemonService(MultiService):
         self._reactor.addSystemEventTrigger("after", "shutdown", exit_with_code)
 
 
+def _reader_gone(hunter: Hunter, reason: Failure) -> None:
+    closed = reason.value
+    assert isinstance(closed, PipeClosed)
+    hunter.sink_lost(closed.lost, reason)
+
+
 class _Spill:
     """Writes what a Redis gate never confirmed to the spill file, and says so."""
 
@@ -386,6 +394,9 @@ def makeService(options: Options) -> IService:
         signer=options["signer"],
         reactor=reactor,
     )
+    if isinstance(local_sink, PipeSink):
+        # The reader went away (`| head -3`, a crash): end the run, exit 1.
+        local_sink.on_broken = partial(_reader_gone, hunter)
     spill_path = options["spill-file"] or f"tidehunter-spill-{os.getpid()}.jsonl"
     hunting = HunterService(
         hunter,

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_QUEUE_BUDGET_BYTES",
     "FileSink",
+    "PipeClosed",
     "PipeSink",
     "QueueSink",
     "RecordQueue",
@@ -372,6 +373,8 @@ class _FdWriter(FileDescriptor):
         super().__init__(reactor)
         self._fd = fd
         self._lost = lost
+        #: Lines the reader's end of the pipe took (each record is one line).
+        self.lines_written = 0
         setNonBlocking(fd)
         self.connected = 1
 
@@ -379,7 +382,10 @@ class _FdWriter(FileDescriptor):
         return self._fd
 
     def writeSomeData(self, data: bytes) -> Any:
-        return writeToFD(self._fd, data)
+        written = writeToFD(self._fd, data)
+        if isinstance(written, int) and written > 0:
+            self.lines_written += bytes(data[:written]).count(b"\n")
+        return written
 
     def doRead(self) -> None:
         """Write-only."""
@@ -391,6 +397,20 @@ class _FdWriter(FileDescriptor):
         self._lost(reason)
 
 
+class PipeClosed(Exception):
+    """The reader of a pipe sink went away (EPIPE): nothing more reaches it."""
+
+    def __init__(self, written: int, lost: int) -> None:
+        self.written = written
+        #: Records taken by the sink that never reached the reader.
+        self.lost = lost
+        super().__init__(
+            f"the reader of the records closed the pipe after {written} "
+            f"record{'' if written == 1 else 's'} written ({lost} taken after "
+            "that never reached it)"
+        )
+
+
 @implementer(IPushProducer)
 class PipeSink:
     """Records, one per line, to a pipe such as standard output.
@@ -400,10 +420,21 @@ class PipeSink:
     and the sink is ``full`` while the pipe is, which pauses the HTTP stream.
     """
 
-    def __init__(self, fd: int, reactor: IReactorFDSet | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        reactor: IReactorFDSet | None = None,
+        *,
+        on_broken: Callable[[Failure], None] | None = None,
+    ) -> None:
         reactor = or_global_reactor(reactor)
         self.closed: Deferred[None] = Deferred()
+        #: Why the reader can take no more (it closed the pipe), or None.
         self.broken: Failure | None = None
+        #: Told once when the reader goes away mid-run (EPIPE): the run that
+        #: writes here must end, or it would stream into nothing.
+        self.on_broken = on_broken
+        self._records_put = 0
         self._paused = False
         self._on_drain: DrainCallback | None = None
         self._writer = _FdWriter(fd, reactor, self._writer_lost)
@@ -417,7 +448,13 @@ class PipeSink:
     def full(self) -> bool:
         return self._paused
 
+    @property
+    def written(self) -> int:
+        """Records the reader's end of the pipe took."""
+        return self._writer.lines_written
+
     def put(self, records: list[bytes]) -> None:
+        self._records_put += len(records)
         if self.broken is None:
             self._writer.write(b"\n".join(records) + b"\n")
 
@@ -445,7 +482,11 @@ class PipeSink:
 
     def _writer_lost(self, reason: Failure) -> None:
         if not reason.check(ConnectionDone):
-            self.broken = reason
+            written = self.written
+            self.broken = Failure(PipeClosed(written, self._records_put - written))
         self._paused = False
         if not self.closed.called:
             self.closed.callback(None)
+        if self.broken is not None and self.on_broken is not None:
+            told, self.on_broken = self.on_broken, None
+            told(self.broken)

@@ -34,7 +34,18 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("total", int, False, "records of earlier runs (the counter's)"),
     StatusField("limit", int, False, "the run's record limit; 0 = none"),
     StatusField("bytes", int, False, "body bytes read"),
+    StatusField(
+        "read",
+        int,
+        False,
+        "records read (each delivered, in flight, spilled or dropped)",
+    ),
     StatusField("records", int, False, "records this hunter delivered"),
+    StatusField(
+        "in_flight", int, False, "records read whose fate the sink has not told yet"
+    ),
+    StatusField("spilled", int, False, "records written to the spill file instead"),
+    StatusField("lost", int, False, "records a sink took but could not deliver"),
     StatusField("keepalives", int, False, "keep-alives read (never records)"),
     StatusField("skipped", int, False, "records over max_record_bytes, skipped"),
     StatusField("truncated", int, False, "partial records at a body's end, dropped"),

@@ -273,6 +273,9 @@ class RedisGate(CounterGate):
         counts = write_spill(path, self.target_key, self.producer, batches)
         if sum(counts):
             self._closing = self._spilled = True
+            # Spilled is a fate: no longer in flight.
+            self.spilled += sum(counts)
+            self._backlog -= sum(counts)
         return counts
 
     # -- talking to Redis
