@@ -226,3 +226,25 @@ def test_the_count_stop_prints_and_the_log_are_what_redis_holds(
     held = redis_server.command("LLEN", "q")
     assert int(stopped.stdout) == held
     assert closing_counts(daemon.output())["records delivered"] == held
+
+
+def test_sigterm_while_redis_refuses_spills_the_held_records(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    used = int(info_field(redis_server, "used_memory"))
+    redis_server.command("CONFIG", "SET", "maxmemory", used + 2_000_000)
+    daemon = redis_run(
+        daemons, tmp_path, f"{firehose_process}/firehose?size=200", redis_server
+    )
+    daemon.wait_until_up()
+    daemon.wait_for(lambda s: s["waiting"] is not None, timeout=30)
+    daemon.terminate()
+    assert daemon.wait(timeout=30) == 0, daemon.output()
+    pushed = list_ids(redis_server, "q")
+    spilled = spilled_ids(tmp_path / "spill.jsonl")
+    assert spilled and pushed
+    # Held batches were refused, so surely not in Redis: nothing twice.
+    assert pushed + spilled == list(range(len(pushed) + len(spilled)))
+    entries = [json.loads(line) for line in (tmp_path / "spill.jsonl").open()]
+    assert not any(entry["sent"] for entry in entries)
