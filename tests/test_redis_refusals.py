@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from redis_support import RedisServer, free_port, hunt, list_ids, wait_until
+from redis_support import RedisServer, hunt, list_ids, wait_until
 from support import Daemon
 
 TOTAL = 20_000
@@ -98,30 +98,44 @@ def test_oom_holds_the_stream_until_consumers_drain_and_nothing_is_lost(
     assert not (tmp_path / "spill.jsonl").exists()
 
 
+def replication(server: RedisServer) -> dict[str, str]:
+    info = server.command("INFO", "replication")
+    assert isinstance(info, bytes)
+    pairs = (line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+    return {name: value.strip() for name, value in pairs}
+
+
 def test_a_failover_to_read_only_and_back_loses_nothing(
     firehose_process, redis_server, tmp_path, daemons
 ):
-    daemon = redis_run(
-        daemons,
-        tmp_path,
-        f"{firehose_process}/firehose?size=100&rate=5000",
-        redis_server,
-        "--limit",
-        str(TOTAL),
-    )
-    wait_until(lambda: (redis_server.command("LLEN", "q") or 0) > 1000)
-    # A replica of a master that is not there (yet): it keeps its data and
-    # answers every write with READONLY, as during a failover.
-    redis_server.command("REPLICAOF", "127.0.0.1", free_port())
-    daemon.wait_until_up()
-    waiting = daemon.wait_for(lambda s: s["waiting"] is not None, timeout=30)
-    assert "READONLY" in waiting["waiting"]
-    time.sleep(0.5)  # the stream stays held while Redis refuses
-    assert daemon.status()["waiting"] is not None
-    redis_server.command("REPLICAOF", "NO", "ONE")
-    assert daemon.wait(timeout=60) == 0, daemon.output()
+    redis_server.command("CONFIG", "SET", "repl-diskless-sync-delay", 0)
+    with RedisServer() as standby:
+        standby.command("REPLICAOF", "127.0.0.1", redis_server.port)
+        wait_until(lambda: replication(standby).get("master_link_status") == "up")
+        daemon = redis_run(
+            daemons,
+            tmp_path,
+            f"{firehose_process}/firehose?size=100&rate=5000",
+            redis_server,
+            "--limit",
+            str(TOTAL),
+        )
+        wait_until(lambda: (redis_server.command("LLEN", "q") or 0) > 1000)
+        # A coordinated failover: the sink's Redis pauses writes until the
+        # standby caught up, then turns into its read-only replica.
+        redis_server.command("FAILOVER")
+        wait_until(lambda: replication(redis_server)["role"] == "slave")
+        daemon.wait_until_up()
+        waiting = daemon.wait_for(lambda s: s["waiting"] is not None, timeout=30)
+        assert "READONLY" in waiting["waiting"]
+        time.sleep(0.5)  # the stream stays held while Redis refuses
+        assert daemon.status()["waiting"] is not None
+        # ... and back: the sink's Redis is the master again, with every record.
+        redis_server.command("REPLICAOF", "NO", "ONE")
+        assert daemon.wait(timeout=60) == 0, daemon.output()
     assert list_ids(redis_server, "q") == list(range(TOTAL))
     assert redis_server.hgetall("sc")["total"] == str(TOTAL)
+    assert not (tmp_path / "spill.jsonl").exists()
 
 
 def test_a_refusal_no_retry_cures_exits_1_with_every_record_spilled(
