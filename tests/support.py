@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,13 +40,54 @@ async def get_json(url: str) -> Any:
     return json.loads(await response.content())
 
 
-def rss_bytes() -> int:
-    """This process's resident set size, from /proc (Linux)."""
-    with open(f"/proc/{os.getpid()}/status") as status:
+def rss_bytes(pid: int | None = None) -> int:
+    """A process's resident set size (this one's by default), from /proc."""
+    with open(f"/proc/{pid or os.getpid()}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no VmRSS in /proc/{pid or 'self'}/status")
+
+
+class HostileServer:
+    """A few lines of asyncio on 127.0.0.1, in a thread: ``handle(reader,
+    writer)`` is whatever a hostile peer does with each connection."""
+
+    def __init__(self, handle: Any) -> None:
+        self.connections = 0
+        self._handle = handle
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the hostile server never started"
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def serve(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            self.connections += 1
+            try:
+                await self._handle(reader, writer)
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        server = self._loop.run_until_complete(
+            asyncio.start_server(serve, "127.0.0.1", 0)
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:

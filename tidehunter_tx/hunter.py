@@ -19,7 +19,6 @@ from urllib.parse import unquote, urlsplit
 
 from treq.client import HTTPClient
 from treq.response import _Response
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -32,16 +31,14 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    _HTTP11ClientFactory,
 )
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
+from ._client import MAX_HEADER_BYTES, MAX_HEADERS, BoundedPool
 from ._describe import describe, loggable_url, one_line, public_url, redact_url
 from ._reactor import or_global_reactor
 from ._run import BackoffWait, make_run
@@ -148,6 +145,21 @@ class GaveUp(Exception):
         super().__init__(reason if error is None else f"{reason}: {error}")
 
 
+class NoResponseHeaders(TimeoutError):
+    """The server did not send its whole response headers in time."""
+
+
+def _cancelled(error: BaseException) -> bool:
+    """``error`` is a cancellation, maybe wrapped in Twisted's failure lists."""
+    if isinstance(error, CancelledError):
+        return True
+    reasons = getattr(error, "reasons", None) or []
+    return any(
+        isinstance(reason, Failure) and reason.check(CancelledError)
+        for reason in reasons
+    )
+
+
 class ConnectFailed(Exception):
     """No response: refused, DNS, TLS verification, header timeout, ..."""
 
@@ -181,39 +193,6 @@ class _Excerpt(Protocol):
             self.done.callback(bytes(self.data))
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """A stream is one long connection: its factory's start/stop is no news."""
-
-    noisy = False
-
-
-#: Bytes per socket read on a feed connection.  Twisted reads 64 KiB at a
-#: time; a stream of small records pays per read (framing, admission, waking
-#: the consumer), and 256 KiB measured fastest (``make bench``).
-READ_BYTES = 256 * 1024
-
-
-class _QuietPool(HTTPConnectionPool):
-    """Our own agent's pool: quiet factories, and wider reads on the socket."""
-
-    _factory = _QuietClientFactory
-
-    def _newConnection(self, key: Any, endpoint: Any) -> Deferred[HTTP11ClientProtocol]:
-        connecting = super()._newConnection(key, endpoint)
-        return connecting.addCallback(_widen_reads)
-
-
-def _widen_reads(protocol: HTTP11ClientProtocol) -> HTTP11ClientProtocol:
-    """Raise the read size of the socket under ``protocol`` (through TLS)."""
-    transport = protocol.transport
-    for _ in range(4):  # a TLS wrapper or two, at most, sits on the socket
-        if isinstance(transport, FileDescriptor):
-            transport.bufferSize = READ_BYTES
-            break
-        transport = getattr(transport, "transport", None)
-    return protocol
-
-
 @implementer(IGateListener)
 class Hunter:
     """Streams ``url`` into ``q`` (a ``DeferredQueue`` of ``bytes`` records).
@@ -238,7 +217,10 @@ class Hunter:
     :param gate: admit through this gate (for example a
         :class:`~tidehunter_tx.redis.RedisGate` with a Redis sink) instead of
         ``sc.gate(sink)``; then ``sc`` and ``sink`` must not be given.
-    :param timeout: seconds to wait for the response headers.
+    :param timeout: seconds to wait for the response headers (all of them).
+    :param max_header_bytes: a response whose headers pass this many bytes
+        (or ``max_headers`` header lines) is closed and backed off from like
+        an HTTP 5xx: a hostile server cannot grow memory with headers.
     :param reconnect: when the stream ends or breaks, connect again as the
         backoff policy says, until the limit is reached or the counter is
         switched off.  Off by default, as in the original library.
@@ -270,6 +252,8 @@ class Hunter:
         sink: Sink | None = None,
         gate: IGate | None = None,
         timeout: float | None = 30.0,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_headers: int = MAX_HEADERS,
         reconnect: bool = False,
         backoff: Backoff | None = None,
         stall_timeout: float | None = None,
@@ -325,7 +309,9 @@ class Hunter:
         self.signer = signer
         self._reactor = reactor
         if agent is None:
-            pool = _QuietPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
+            pool = BoundedPool(
+                reactor, max_header_bytes=max_header_bytes, max_headers=max_headers
+            )
             if ca_file is not None:
                 policy = BrowserLikePolicyForHTTPS(trustRoot=load_ca_file(ca_file))
                 agent = Agent(reactor, contextFactory=policy, pool=pool)
@@ -701,12 +687,16 @@ class Hunter:
         self._run.connect(request)
         try:
             response = await request
-        except Exception:
+        except Exception as failed:
             # Cancelling shows up wrapped (ResponseNeverReceived([CancelledError])):
-            # what matters is whether the off switch did it or something else.
-            if not self._over():
-                raise
-            return None, StreamOutcome(Ending.STOPPED)
+            # what matters is whether the off switch did it or the timeout.
+            if self._over():
+                return None, StreamOutcome(Ending.STOPPED)
+            if self.timeout and _cancelled(failed):
+                raise NoResponseHeaders(
+                    f"no response headers within {self.timeout:g} s"
+                ) from failed
+            raise
         if response.code == 204 and isinstance(self.framer, SSEFramer):
             # The event-stream way of saying "do not reconnect".
             return response, StreamOutcome(Ending.STOPPED)

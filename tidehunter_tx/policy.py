@@ -64,6 +64,7 @@ __all__ = [
     "Decision",
     "FailureKind",
     "RandomSource",
+    "ServerMisbehaved",
     "classify",
     "compute_delay",
     "decide",
@@ -251,7 +252,20 @@ def _classify_name(name: str) -> FailureKind:
     raise ValueError(f"unknown failure kind or error name: {name!r}")
 
 
+class ServerMisbehaved(Exception):
+    """The server sent what no feed sends (endless headers, ...): backed off
+    from like an HTTP 5xx, never retried at once."""
+
+
 def _classify_exception(error: BaseException) -> FailureKind:
+    # Twisted wraps the cause in a list of failures (ResponseFailed([...])),
+    # each holding its exception as ``value``.
+    causes = [error] + [
+        getattr(reason, "value", reason)
+        for reason in getattr(error, "reasons", None) or []
+    ]
+    if any(isinstance(cause, ServerMisbehaved) for cause in causes):
+        return FailureKind.HTTP_5XX
     if isinstance(error, (OSError, EOFError, ssl.SSLError)):
         # OSError covers ConnectionError, TimeoutError, socket.gaierror (DNS).
         return FailureKind.NETWORK

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from ._client import MAX_HEADER_BYTES
 from ._reactor import global_reactor
 from .auth import AuthError, signer_from_env
 from .control import ControlError, ControlFactory, read_secret_file
@@ -175,6 +176,21 @@ class Options(usage.Options):
             90.0,
             "Seconds without a byte before the connection is judged dead.",
             _number("stall-timeout", float, 0, strict=True),
+        ],
+        [
+            "header-timeout",
+            None,
+            30.0,
+            "Seconds to wait for the whole response headers.",
+            _number("header-timeout", float, 0, strict=True),
+        ],
+        [
+            "max-header-bytes",
+            None,
+            MAX_HEADER_BYTES,
+            "Bytes of response headers past which the connection is closed "
+            "(and backed off from like an HTTP error).",
+            _number("max-header-bytes", int, 1024),
         ],
         ["ca-file", None, None, "Trust this CA (PEM) for the feed's certificate."],
     ]
@@ -390,6 +406,8 @@ def makeService(options: Options) -> IService:
         gate=gate,
         reconnect=not options["no-reconnect"],
         stall_timeout=options["stall-timeout"],
+        timeout=options["header-timeout"],
+        max_header_bytes=options["max-header-bytes"],
         ca_file=options["ca-file"],
         signer=options["signer"],
         reactor=reactor,
