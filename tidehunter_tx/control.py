@@ -27,6 +27,18 @@ from ._reactor import or_global_reactor
 from .hunter import Hunter
 from .status import STATUS_FIELDS, StatusField
 
+#: Before ``Authenticate`` succeeds: the bytes of one box, and its keys.
+MAX_PREAUTH_BOX_BYTES = 16 * 1024
+MAX_PREAUTH_KEYS = 4
+#: Seconds an unauthenticated connection may stay.
+PREAUTH_TIMEOUT = 10.0
+#: Seconds between refused secrets, from all clients together.
+GUESS_INTERVAL = 0.25
+#: Control connections at once; more are closed as they arrive.
+MAX_CONTROL_CONNECTIONS = 64
+#: The shortest secret a secret file may hold.
+MIN_SECRET_BYTES = 16
+
 __all__ = [
     "Authenticate",
     "BadSecret",
@@ -193,8 +205,62 @@ class ControlProtocol(amp.AMP):
         self._secret = secret
         self._authenticated = secret is None
         self.closed: Deferred[None] = Deferred()
+        #: Set by the factory: the one place refused guesses are paced.
+        self.guesses: GuessPacer | None = None
+        self._unread = 0  # bytes received since the last whole box
+        self._refusing = False  # a wrong secret: no later box is read
+        self._reader_stalled = False  # our replies back up: the peer reads none
+        self._preauth_timer: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        assert self.transport is not None
+        # Told when our replies back up (a peer that never reads them).
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        if not self._authenticated:
+            self._preauth_timer = self._reactor.callLater(PREAUTH_TIMEOUT, self._abort)
+
+    def pauseProducing(self) -> None:
+        self._reader_stalled = True
+
+    def resumeProducing(self) -> None:
+        self._reader_stalled = False
+
+    def stopProducing(self) -> None:
+        """The connection is going; connectionLost follows."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refusing:
+            return
+        if not self._authenticated:
+            # Bounded before the secret is known: no endless box grows us.
+            self._unread += len(data)
+            if self._unread > MAX_PREAUTH_BOX_BYTES:
+                self._abort()
+                return
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        if self._refusing:
+            return  # pipelined after a wrong secret: never read
+        self._unread = 0
+        if not self._authenticated and len(box) > MAX_PREAUTH_KEYS:
+            self._abort()
+            return
+        if self._reader_stalled:
+            # Replies are piling up unread: bounded, the peer goes.
+            self._abort()
+            return
+        super().ampBoxReceived(box)  # type: ignore[no-untyped-call]
+
+    def _abort(self) -> None:
+        self._refusing = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = _LOST) -> None:
+        if self._preauth_timer is not None and self._preauth_timer.active():
+            self._preauth_timer.cancel()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         if not self.closed.called:
             self.closed.callback(None)
@@ -204,12 +270,26 @@ class ControlProtocol(amp.AMP):
             raise NotAuthenticated("authenticate first: this daemon has a secret")
 
     @Authenticate.responder
-    def authenticate(self, secret: str) -> dict[str, Any]:
+    def authenticate(self, secret: str) -> Deferred[dict[str, Any]]:
         if self._secret is None:
-            return {}
+            return succeed({})
+        # Nothing after a guess is read until it is judged; a wrong one ends
+        # the connection, and guesses are paced across all connections.
+        self._refusing = True
+        turn = self.guesses.turn() if self.guesses is not None else succeed(None)
+        return turn.addCallback(lambda _: self._judge(secret))
+
+    def _judge(self, secret: str) -> dict[str, Any]:
+        assert self._secret is not None
         if hmac.compare_digest(secret.encode("utf-8"), self._secret):
             self._authenticated = True
+            self._refusing = False
+            self._unread = 0
+            if self._preauth_timer is not None and self._preauth_timer.active():
+                self._preauth_timer.cancel()
             return {}
+        if self.guesses is not None:
+            self.guesses.refused()
         # Let the error answer go out first, then hang up.
         self._reactor.callLater(0, self._hang_up)
         raise BadSecret("wrong secret")
@@ -254,6 +334,27 @@ class ControlProtocol(amp.AMP):
         return {"limit": status["limit"], "count": status["count"]}
 
 
+class GuessPacer:
+    """At most one refused secret per ``interval``, from all clients together."""
+
+    def __init__(self, reactor: IReactorTime, interval: float = GUESS_INTERVAL):
+        self._reactor = reactor
+        self._interval = interval
+        self._next = 0.0
+
+    def turn(self) -> Deferred[None]:
+        """Fires when the next guess may be judged."""
+        wait = self._next - self._reactor.seconds()
+        if wait <= 0:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._reactor.callLater(wait, waiting.callback, None)
+        return waiting
+
+    def refused(self) -> None:
+        self._next = self._reactor.seconds() + self._interval
+
+
 class ControlFactory(ServerFactory):
     """Makes control connections and can close them all, replies flushed."""
 
@@ -264,15 +365,21 @@ class ControlFactory(ServerFactory):
         controller: Controller,
         secret: bytes | None = None,
         reactor: IReactorTime | None = None,
+        max_connections: int = MAX_CONTROL_CONNECTIONS,
     ) -> None:
         self.controller = controller
         self.secret = secret
         self.reactor = reactor
+        self.max_connections = max_connections
         self.connections: set[ControlProtocol] = set()
+        self._guesses = GuessPacer(or_global_reactor(reactor))
 
-    def buildProtocol(self, addr: Any) -> ControlProtocol:
+    def buildProtocol(self, addr: Any) -> ControlProtocol | None:
+        if len(self.connections) >= self.max_connections:
+            return None  # closed at once: the feed's reconnects keep their fds
         protocol = ControlProtocol(self.controller, self.secret, self.reactor)
         protocol.factory = self
+        protocol.guesses = self._guesses
         self.connections.add(protocol)
         protocol.closed.addCallback(lambda _: self.connections.discard(protocol))
         return protocol
@@ -287,8 +394,12 @@ class ControlFactory(ServerFactory):
         return DeferredList(waits)
 
 
-def read_secret_file(path: str) -> bytes:
-    """The shared secret: the file's content without surrounding whitespace."""
+def read_secret_file(path: str, minimum: int = 1) -> bytes:
+    """The shared secret: the file's content without surrounding whitespace.
+
+    The daemon asks for at least :data:`MIN_SECRET_BYTES`: a short secret
+    is guessed, however slowly guesses are answered.
+    """
     try:
         with open(path, "rb") as file:
             secret = file.read().strip()
@@ -298,6 +409,11 @@ def read_secret_file(path: str) -> bytes:
         ) from None
     if not secret:
         raise ControlError(f"secret file {path} is empty")
+    if len(secret) < minimum:
+        raise ControlError(
+            f"secret file {path} holds {len(secret)} bytes; a secret needs at "
+            f"least {minimum} (make one: head -c 32 /dev/urandom | base64)"
+        )
     return secret
 
 

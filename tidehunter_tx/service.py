@@ -26,7 +26,12 @@ from twisted.python.failure import Failure
 from ._client import MAX_HEADER_BYTES
 from ._reactor import global_reactor
 from .auth import AuthError, signer_from_env
-from .control import ControlError, ControlFactory, read_secret_file
+from .control import (
+    MIN_SECRET_BYTES,
+    ControlError,
+    ControlFactory,
+    read_secret_file,
+)
 from .counter import StateCounter
 from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS
 from .hunter import Hunter, load_ca_file, public_url
@@ -247,7 +252,9 @@ class Options(usage.Options):
         self["secret"] = None
         if self["control-secret-file"]:
             try:
-                self["secret"] = read_secret_file(self["control-secret-file"])
+                self["secret"] = read_secret_file(
+                    self["control-secret-file"], MIN_SECRET_BYTES
+                )
             except ControlError as error:
                 raise usage.UsageError(f"--control-secret-file: {error}") from None
         control = self["control"]
