@@ -14,9 +14,11 @@ async def endless_headers(
 ) -> None:
     await reader.readuntil(b"\r\n\r\n")
     writer.write(b"HTTP/1.1 200 OK\r\n")
-    line = b"X-Filler: " + b"x" * 200 + b"\r\n"
+    # Long lines, so the byte bound (64 KiB) is met before the line bound
+    # (100) however the reads are split.
+    line = b"X-Filler: " + b"x" * 4000 + b"\r\n"
     while True:
-        writer.write(line * 500)
+        writer.write(line * 25)
         await writer.drain()
 
 
@@ -79,5 +81,28 @@ def test_headers_that_never_finish_time_out_in_words(
         output = daemon.output()
         assert "no response headers within 1.5 s" in output
         assert "CancelledError" not in output
+    finally:
+        server.close()
+
+
+async def many_short_headers(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 5000)
+    await writer.drain()
+    await reader.read()
+
+
+def test_too_many_response_headers_end_the_response_in_words(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    server = HostileServer(many_short_headers)
+    try:
+        daemon = Daemon(tmp_path, "--url", f"{server.url}/feed", "--no-reconnect")
+        daemons.append(daemon)
+        assert daemon.wait(timeout=20) == 1, daemon.output()
+        assert "response headers exceeded 100 headers" in daemon.output()
+        assert server.connections == 1
     finally:
         server.close()
