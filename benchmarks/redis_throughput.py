@@ -212,6 +212,8 @@ CLIENTS: dict[str, Callable[[str, int, int], Result]] = {
 
 def load_redis_support() -> ModuleType:
     """tests/redis_support.py (RedisServer, RespClient), imported by path."""
+    # It imports its sibling tests/support.py, as the tests do.
+    sys.path.insert(0, str(ROOT / "tests"))
     spec = importlib.util.spec_from_file_location(
         "redis_support", ROOT / "tests" / "redis_support.py"
     )
