@@ -40,13 +40,14 @@ async def get_json(url: str) -> Any:
     return json.loads(await response.content())
 
 
-def rss_bytes(pid: int | None = None) -> int:
-    """A process's resident set size (this one's by default), from /proc."""
+def rss_bytes(pid: int | None = None, field: str = "VmRSS") -> int:
+    """A process's resident set size (this one's by default), from /proc;
+    ``field="VmHWM"`` gives its peak so far."""
     with open(f"/proc/{pid or os.getpid()}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS in /proc/{pid or 'self'}/status")
+    raise RuntimeError(f"no {field} in /proc/{pid or 'self'}/status")
 
 
 class HostileServer:
@@ -86,7 +87,13 @@ class HostileServer:
         server.close()
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        def cancel_then_stop() -> None:
+            # Handlers still waiting get to close their sockets first.
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.call_soon(self._loop.stop)
+
+        self._loop.call_soon_threadsafe(cancel_then_stop)
         self._thread.join(10)
 
 

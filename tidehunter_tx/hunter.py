@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from ._client import MAX_HEADER_BYTES, MAX_HEADERS, BoundedPool
 from ._describe import describe, loggable_url, one_line, public_url, redact_url
+from ._inflate import InflatingAgent
 from ._reactor import or_global_reactor
 from ._run import BackoffWait, make_run
 from ._version import USER_AGENT
@@ -317,7 +318,8 @@ class Hunter:
                 agent = Agent(reactor, contextFactory=policy, pool=pool)
             else:
                 agent = Agent(reactor, pool=pool)
-        self._client = HTTPClient(agent)
+        # Under treq's own decoder, which then finds nothing left to inflate.
+        self._client = HTTPClient(InflatingAgent(agent, reactor))
         self._run, self._run_core = make_run()
         self._gate_failure: Failure | None = None
         self._running = False
