@@ -8,6 +8,7 @@ reason logged, when the stream fails for good.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -289,17 +291,45 @@ class DaemonService(MultiService):
     never confirmed to the spill file.
     """
 
-    def __init__(self, hunting: HunterService, reactor: Any) -> None:
+    def __init__(
+        self,
+        hunting: HunterService,
+        reactor: Any,
+        control: ControlService | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.hunting = hunting
+        self.control = control
         self._reactor = reactor
         hunting.setServiceParent(self)  # type: ignore[no-untyped-call]
+        if control is not None:
+            control.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.exit_code = 0
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self._refuse_without_control()
+
     def startService(self) -> None:
+        # Listening (or refused) before the feed is asked for: a daemon that
+        # cannot be steered must not run, and the feed must not see it.
+        if self.control is not None and not self.control.tried:
+            self.control.privilegedStartService()
+        self._refuse_without_control()
         self._reactor.callWhenRunning(self._exit_0_on_sigterm)
         super().startService()  # type: ignore[no-untyped-call]
         self.hunting.whenDone().addCallback(self._run_over)
+
+    def _refuse_without_control(self) -> None:
+        """Exit 1 with one line when the control endpoint is someone else's.
+
+        Streaming on without control would leave ``tidehunter-ctl stop``
+        stopping the *other* daemon.
+        """
+        refusal = self.control.refusal if self.control is not None else None
+        if refusal is not None:
+            log.error("tidehunter: {refusal}", refusal=refusal)
+            raise SystemExit(1)
 
     def _run_over(self, result: RunResult) -> None:
         self.exit_code = 0 if result.ok else 1
@@ -369,17 +399,61 @@ class _Spill:
 
 
 class ControlService(StreamServerEndpointService):
-    """The AMP server; on stop, replies already written still go out."""
+    """The AMP server; on stop, replies already written still go out.
+
+    ``refusal`` says, in one line, why it could not listen (None: it does).
+    """
+
+    #: A failed listen is kept in ``refusal``, never logged as unhandled.
+    _raiseSynchronously = True
 
     def __init__(self, endpoint: Any, factory: ControlFactory) -> None:
         super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]
         self.control_factory = factory
+        self.tried = False
+        self.refusal: str | None = None
+
+    def privilegedStartService(self) -> None:
+        self.tried = True
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]
+        except CannotListenError as error:
+            self.refusal = _why_not_listening(error)
 
     def stopService(self) -> Deferred[Any]:
         stopped = super().stopService()  # type: ignore[no-untyped-call]
         return DeferredList(
             [stopped or succeed(None), self.control_factory.close_all()]
         )
+
+
+def _why_not_listening(error: CannotListenError) -> str:
+    """One line for a control endpoint that is taken (or cannot be had)."""
+    reason = error.socketError
+    in_use = getattr(reason, "errno", None) == errno.EADDRINUSE
+    if error.interface is None and isinstance(error.port, (bytes, str)):
+        path = os.fsdecode(error.port)
+        try:
+            holder = f" (pid {os.readlink(path + '.lock')})"
+        except OSError:
+            holder = ""
+        if holder or reason == "Cannot acquire lock":
+            return f"control socket {path} is held by another daemon{holder}"
+        if in_use:
+            return (
+                f"control socket {path} exists: another daemon's, or left by one "
+                "that was killed (remove it; with lockfile=1 a dead one's is "
+                "taken over)"
+            )
+        return f"cannot listen on control socket {path}: {_strerror(reason)}"
+    where = f"{error.interface}:{error.port}" if error.interface else error.port
+    if in_use:
+        return f"control port {where} is taken"
+    return f"cannot listen on control port {where}: {_strerror(reason)}"
+
+
+def _strerror(reason: object) -> str:
+    return getattr(reason, "strerror", None) or str(reason)
 
 
 def makeService(options: Options) -> IService:
@@ -429,8 +503,6 @@ def makeService(options: Options) -> IService:
         on_unsettled=_Spill(gate, spill_path) if gate is not None else None,
         clock=reactor,
     )
-    top = DaemonService(hunting, reactor)
     endpoint = serverFromString(reactor, options["control"])
     factory = ControlFactory(hunting, options["secret"], reactor=reactor)
-    ControlService(endpoint, factory).setServiceParent(top)  # type: ignore[no-untyped-call]
-    return top
+    return DaemonService(hunting, reactor, ControlService(endpoint, factory))
