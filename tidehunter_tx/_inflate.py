@@ -8,6 +8,13 @@ full.  :class:`InflatingAgent` decodes the body itself, at most
 the protocol it feeds has paused its transport; the compressed rest waits
 (one socket read at most, since the socket is paused too) until it resumes.
 A corrupt body ends the response with :class:`CorruptBody`.
+
+Some compressors buffer (express's ``compression`` under pouchdb-server sends
+a 10-byte gzip header and holds the rest): a stream that waits for them waits
+forever.  Given ``starve_after``, a gzip body that has inflated to nothing
+that long ends with :class:`CompressionStarved`, so the caller can ask again
+without compression.  The ``Accept-Encoding`` the agent sends is its own
+(treq adds ``gzip`` beside whatever the caller set).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from zope.interface import implementer
 
 from .policy import ServerMisbehaved
 
-__all__ = ["INFLATE_STEP", "CorruptBody", "InflatingAgent"]
+__all__ = ["INFLATE_STEP", "CompressionStarved", "CorruptBody", "InflatingAgent"]
 
 #: Inflated bytes handed on per step: what one step may add to the sink
 #: before it can say it is full.
@@ -39,17 +46,25 @@ class CorruptBody(ServerMisbehaved):
     """A compressed body that does not inflate: the server sent garbage."""
 
 
+class CompressionStarved(Exception):
+    """A gzip body gave no byte for a while: its compressor is buffering."""
+
+
 @implementer(IAgent)
 class InflatingAgent:
     """Wraps an agent; gzip response bodies are inflated step by step.
 
     treq's own decoder sits outside this one and then finds no
-    ``Content-Encoding`` to act on; it still asks for gzip.
+    ``Content-Encoding`` to act on.  ``accept_encoding`` (None: leave the
+    header as it comes) and ``starve_after`` (seconds, None: never) are read
+    at each request, so the caller can change its mind between requests.
     """
 
     def __init__(self, agent: IAgent, clock: IReactorTime) -> None:
         self._agent = agent
         self._clock = clock
+        self.accept_encoding: bytes | None = b"gzip"
+        self.starve_after: float | None = None
 
     def request(
         self,
@@ -58,10 +73,13 @@ class InflatingAgent:
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[IResponse]:
+        if self.accept_encoding is not None:
+            headers = Headers() if headers is None else headers.copy()
+            headers.setRawHeaders(b"accept-encoding", [self.accept_encoding])
         requested = self._agent.request(method, uri, headers, bodyProducer)
-        return requested.addCallback(self._decode)
+        return requested.addCallback(self._decode, self.starve_after)
 
-    def _decode(self, response: IResponse) -> IResponse:
+    def _decode(self, response: IResponse, starve_after: float | None) -> IResponse:
         encodings = response.headers.getRawHeaders(b"content-encoding") or []
         codings = [
             coding.strip().lower()
@@ -70,7 +88,7 @@ class InflatingAgent:
             if coding.strip()
         ]
         if codings != [] and codings[-1] in _GZIP:
-            return _InflatedResponse(response, codings[:-1], self._clock)
+            return _InflatedResponse(response, codings[:-1], self._clock, starve_after)
         return response
 
 
@@ -78,10 +96,15 @@ class _InflatedResponse(proxyForInterface(IResponse)):  # type: ignore[misc]
     """The response as it reads once inflated: no gzip coding, no length."""
 
     def __init__(
-        self, original: IResponse, other_codings: list[bytes], clock: IReactorTime
+        self,
+        original: IResponse,
+        other_codings: list[bytes],
+        clock: IReactorTime,
+        starve_after: float | None,
     ) -> None:
         super().__init__(original)
         self._clock = clock
+        self._starve_after = starve_after
         headers = original.headers.copy()
         if other_codings:
             headers.setRawHeaders(b"content-encoding", [b", ".join(other_codings)])
@@ -92,7 +115,9 @@ class _InflatedResponse(proxyForInterface(IResponse)):  # type: ignore[misc]
         self.length = UNKNOWN_LENGTH
 
     def deliverBody(self, protocol: Any) -> None:
-        self.original.deliverBody(_InflatingProtocol(protocol, self._clock))
+        self.original.deliverBody(
+            _InflatingProtocol(protocol, self._clock, self._starve_after)
+        )
 
 
 class _InflatingProtocol:
@@ -104,9 +129,13 @@ class _InflatingProtocol:
     that drained the sink) and only then lets the socket read again.
     """
 
-    def __init__(self, reader: Any, clock: IReactorTime) -> None:
+    def __init__(
+        self, reader: Any, clock: IReactorTime, starve_after: float | None = None
+    ) -> None:
         self._reader = reader
         self._clock = clock
+        self._starve_after = starve_after
+        self._starving: Any = None
         self._inflater = zlib.decompressobj(_GZIP_WBITS)
         self._held = b""  # compressed, not inflated yet
         self._more_out = False  # the last step was full: zlib may hold output
@@ -124,7 +153,24 @@ class _InflatingProtocol:
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
+        if self._starve_after is not None:
+            self._starving = self._clock.callLater(self._starve_after, self._starved)
         self._reader.makeConnection(_ReaderTransport(self))
+
+    def _starved(self) -> None:
+        self._starving = None
+        self._fail(
+            CompressionStarved(
+                f"gzip body gave no byte in {self._starve_after:g} s"
+                " (a compressor that buffers)"
+            )
+        )
+
+    def _cancel_starving(self) -> None:
+        if self._starving is not None:
+            if self._starving.active():
+                self._starving.cancel()
+            self._starving = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._stopped or self._failure is not None:
@@ -153,6 +199,7 @@ class _InflatingProtocol:
 
     def stop(self) -> None:
         self._stopped = True
+        self._cancel_starving()
         self._held = b""
         if self._resume_call is not None and self._resume_call.active():
             self._resume_call.cancel()
@@ -192,7 +239,7 @@ class _InflatingProtocol:
         try:
             out = self._inflater.decompress(self._held, INFLATE_STEP)
         except zlib.error as error:
-            self._fail(f"gzip body does not inflate: {error}")
+            self._fail(CorruptBody(f"gzip body does not inflate: {error}"))
             return
         self._held = self._inflater.unconsumed_tail
         self._more_out = len(out) == INFLATE_STEP
@@ -202,10 +249,12 @@ class _InflatingProtocol:
             self._inflater = zlib.decompressobj(_GZIP_WBITS)
             self._held = rest + self._held
         if out:
+            self._cancel_starving()
             self._reader.dataReceived(out)
 
-    def _fail(self, why: str) -> None:
-        self._failure = Failure(CorruptBody(why))
+    def _fail(self, error: Exception) -> None:
+        self._cancel_starving()
+        self._failure = Failure(error)
         self._held = b""
         self._more_out = False
         if self._lost is None:
@@ -215,6 +264,7 @@ class _InflatingProtocol:
         if self._ended:
             return
         self._ended = True
+        self._cancel_starving()
         reason = self._failure or self._lost
         assert reason is not None
         self._reader.connectionLost(reason)

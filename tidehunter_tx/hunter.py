@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from ._client import MAX_HEADER_BYTES, MAX_HEADERS, BoundedPool
 from ._describe import describe, loggable_url, one_line, public_url, redact_url
-from ._inflate import InflatingAgent
+from ._inflate import CompressionStarved, InflatingAgent
 from ._reactor import or_global_reactor
 from ._run import BackoffWait, make_run
 from ._version import USER_AGENT
@@ -96,6 +96,11 @@ HeadersLike = Mapping[str | bytes, str | bytes | Sequence[str | bytes]]
 
 #: How much of an error response's body is kept for the error message.
 ERROR_EXCERPT_BYTES = 1024
+
+COMPRESSIONS = ("auto", "gzip", "identity")
+#: With ``compression="auto"``: a gzip body that inflates to nothing for this
+#: long is taken for a compressor that buffers.
+STARVED_GZIP_SECONDS = 5.0
 
 
 class HTTPStatusError(Exception):
@@ -230,6 +235,11 @@ class Hunter:
         :func:`tidehunter_tx.auth.signer_from_env`).
     :param stall_timeout: seconds without a byte (keep-alives count) after
         which the connection is judged dead; ``None`` never judges.
+    :param compression: ``"auto"`` (the default) asks for gzip and, when a
+        gzip body gives no byte for :data:`STARVED_GZIP_SECONDS` (a compressor
+        that buffers, as pouchdb-server's does), asks again without it for the
+        rest of the run; ``"gzip"`` always asks for gzip; ``"identity"``
+        never does.  An ``Accept-Encoding`` in ``headers`` replaces ours.
     :param agent: the ``IAgent`` to request with (then ``ca_file`` cannot be
         given: configure the agent's TLS yourself).
     :param reactor: the reactor (time and TCP) to run on.
@@ -258,6 +268,7 @@ class Hunter:
         reconnect: bool = False,
         backoff: Backoff | None = None,
         stall_timeout: float | None = None,
+        compression: str = "auto",
         agent: IAgent | None = None,
         ca_file: str | None = None,
         signer: Signer | None = None,
@@ -266,6 +277,11 @@ class Hunter:
         if agent is not None and ca_file is not None:
             raise ValueError(
                 "give either agent or ca_file: a ca_file would not reach your agent"
+            )
+        if compression not in COMPRESSIONS:
+            raise ValueError(
+                f"compression must be one of {', '.join(COMPRESSIONS)}, "
+                f"not {compression!r}"
             )
         if gate is not None and (sink is not None or sc not in (None, gate.counter)):
             raise ValueError("a gate brings its own counter and sink: give gate alone")
@@ -319,7 +335,10 @@ class Hunter:
             else:
                 agent = Agent(reactor, pool=pool)
         # Under treq's own decoder, which then finds nothing left to inflate.
-        self._client = HTTPClient(InflatingAgent(agent, reactor))
+        self._inflating = InflatingAgent(agent, reactor)
+        self._client = HTTPClient(self._inflating)
+        self.compression = compression
+        self._gzip_starved = False  # auto fell back to identity for this hunter
         self._run, self._run_core = make_run()
         self._gate_failure: Failure | None = None
         self._running = False
@@ -633,6 +652,17 @@ class Hunter:
                     if not self.reconnect:
                         return response
                     kind = FailureKind.ENDED
+                elif (starved := _starved(outcome)) is not None:
+                    # Not the stream's failure: ask again, without gzip, now.
+                    self._gzip_starved = True
+                    log.info(
+                        "tidehunter: {url}: {reason}; asking again without"
+                        " compression (--compression identity says so at once)",
+                        url=public_url(self.url),
+                        reason=one_line(starved),
+                    )
+                    await self._wait_to_reconnect("compression", 0.0)
+                    continue
                 else:
                     failure = StreamFailed(
                         self.safe_url, self.delivered, outcome.reason
@@ -674,8 +704,30 @@ class Hunter:
         with contextlib.suppress(CancelledError):  # the off switch
             await settling
 
+    def _choose_encoding(self) -> None:
+        """Ask for what this hunter settled on; the user's own header wins."""
+        own = [
+            value
+            for name, value in (self.headers or {}).items()
+            if _text(name).lower() == "accept-encoding"
+        ]
+        starve_after = None
+        if own:
+            value = own[0]
+            first = value if isinstance(value, (str, bytes)) else value[0]
+            encoding = first.encode("latin-1") if isinstance(first, str) else first
+        elif self.compression == "identity" or self._gzip_starved:
+            encoding = b"identity"
+        else:
+            encoding = b"gzip"
+            if self.compression == "auto":
+                starve_after = STARVED_GZIP_SECONDS
+        self._inflating.accept_encoding = encoding
+        self._inflating.starve_after = starve_after
+
     async def _connect_once(self) -> tuple[_Response | None, StreamOutcome]:
         """One request and, for a 2xx answer, its whole body."""
+        self._choose_encoding()
         request = self._client.request(
             self.method,
             self._request_url,
@@ -774,9 +826,9 @@ class Hunter:
             headers = self.signer(self.method, self._request_url, headers, self.data)
         return headers
 
-    async def _wait_to_reconnect(self, kind: FailureKind, delay: float) -> None:
+    async def _wait_to_reconnect(self, kind: FailureKind | str, delay: float) -> None:
         self.stats.reconnects += 1
-        cause = kind.value
+        cause = kind.value if isinstance(kind, FailureKind) else kind
         self.stats.reconnects_by_cause[cause] = (
             self.stats.reconnects_by_cause.get(cause, 0) + 1
         )
@@ -784,6 +836,13 @@ class Hunter:
         self._run.back_off(BackoffWait(waiting, delay))
         with contextlib.suppress(CancelledError):  # the off switch
             await waiting
+
+
+def _starved(outcome: StreamOutcome) -> CompressionStarved | None:
+    """The buffering compressor that ended this connection, if one did."""
+    failed = outcome.reason if outcome.ending is Ending.FAILED else None
+    value = None if failed is None else failed.value
+    return value if isinstance(value, CompressionStarved) else None
 
 
 #: Connection endings after which the run may go on.

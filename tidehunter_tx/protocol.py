@@ -29,7 +29,11 @@ from ._reactor import or_global_reactor
 from .framing import Framer, FramingError
 from .gate import Ending, IGate, IGateListener
 
-__all__ = ["Ending", "StreamOutcome", "StreamProtocol", "StreamStats"]
+__all__ = ["Ending", "Stalled", "StreamOutcome", "StreamProtocol", "StreamStats"]
+
+
+class Stalled(Exception):
+    """No byte (not even a keep-alive) within the stall timeout."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,8 @@ class StreamProtocol(Protocol):
         idle = self._clock.seconds() - self._last_byte_at
         if idle >= self._stall_timeout:
             self._stall_call = None
-            self.stop(Ending.STALLED)
+            stalled = Stalled(f"no byte for {self._stall_timeout:g} s (stall timeout)")
+            self.stop(Ending.STALLED, Failure(stalled))
         else:
             self._stall_call = self._clock.callLater(
                 self._stall_timeout - idle, self._check_stall
