@@ -648,3 +648,41 @@ def test_classify_precedence_status_then_error_then_ended(
 def test_classify_needs_something() -> None:
     with pytest.raises(ValueError):
         classify()
+
+
+# --- finite endpoints: short streams ------------------------------------------
+
+
+def test_short_streams_back_off_from_1_s_towards_60_s_whatever_they_deliver() -> None:
+    backoff = Backoff(NO_JITTER)
+    delays = []
+    for _ in range(9):
+        delays.append(backoff.next_delay(ENDED, lived=0.01).delay)
+        backoff.record_arrived()  # /stream/100 delivers every time
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+
+
+def test_a_short_stream_says_why_it_waits() -> None:
+    backoff = Backoff(NO_JITTER)
+    backoff.next_delay(ENDED, lived=0.5)
+    reason = backoff.next_delay(ENDED, lived=0.5).reason
+    assert reason == (
+        "stream ended: retry in 2.0 s (attempt 2, ended within 10.0 s of opening,"
+        " 2 in a row)"
+    )
+
+
+def test_a_stream_that_lived_long_starts_the_short_count_afresh() -> None:
+    backoff = Backoff(NO_JITTER)
+    backoff.next_delay(ENDED, lived=1.0)
+    backoff.next_delay(ENDED, lived=1.0)
+    backoff.record_arrived()
+    assert backoff.next_delay(ENDED, lived=600.0).delay == 0.0
+    backoff.record_arrived()
+    assert backoff.next_delay(ENDED, lived=1.0).delay == 1.0
+
+
+def test_short_streams_do_not_touch_other_kinds() -> None:
+    backoff = Backoff(NO_JITTER)
+    backoff.next_delay(ENDED, lived=0.1)
+    assert backoff.next_delay(NETWORK).delay == 0.0

@@ -396,3 +396,16 @@ async def test_a_hung_error_body_is_judged_stalled_and_retried(
         h.tide_off()
         resource.release()
         await _settle(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_finite_endpoint_is_not_hammered(firehose: str) -> None:
+    # /stream/5 ends after 5 records: with no limit reached, the hunter
+    # reconnects, but never at once and each time later (0.2 s, then 0.4 s).
+    config = BackoffConfig(jitter=0.0, short_initial=0.2)
+    h = Hunter(f"{firehose}/stream/5", reconnect=True, backoff=Backoff(config))
+    started = time.monotonic()
+    await h.tide_on(limit=15)
+    assert time.monotonic() - started >= 0.6
+    assert h.stats.reconnects_by_cause == {"ended": 2}
+    assert "ended within 10.0 s of opening, 2 in a row" in h.stats.last_error

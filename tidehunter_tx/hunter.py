@@ -339,6 +339,7 @@ class Hunter:
         self._client = HTTPClient(self._inflating)
         self.compression = compression
         self._gzip_starved = False  # auto fell back to identity for this hunter
+        self._stream_lived: float | None = None  # the last 2xx body's, in seconds
         self._run, self._run_core = make_run()
         self._gate_failure: Failure | None = None
         self._running = False
@@ -679,6 +680,7 @@ class Hunter:
                 sse_retry_ms=self.framer.retry_ms,
                 status=status,
                 cause=None if error is None or status else one_line(error),
+                lived=self._stream_lived,
             )
             self.stats.last_error = decision.reason
             log.info(
@@ -728,6 +730,7 @@ class Hunter:
     async def _connect_once(self) -> tuple[_Response | None, StreamOutcome]:
         """One request and, for a 2xx answer, its whole body."""
         self._choose_encoding()
+        self._stream_lived = None
         request = self._client.request(
             self.method,
             self._request_url,
@@ -773,7 +776,7 @@ class Hunter:
             stall_timeout=self.stall_timeout,
             owns_run=False,
         )
-        self.stats.connected_since = self._reactor.seconds()
+        opened = self.stats.connected_since = self._reactor.seconds()
         response.deliverBody(protocol)
         # Streaming (paused, if a pause was asked for); closed at once if the
         # run was switched off while the headers were on their way.
@@ -782,6 +785,7 @@ class Hunter:
             outcome: StreamOutcome = await protocol.done
         finally:
             self.stats.connected_since = None
+            self._stream_lived = self._reactor.seconds() - opened
         return response, outcome
 
     async def _read_error_body(self, response: _Response) -> bytes:

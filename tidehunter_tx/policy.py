@@ -102,6 +102,15 @@ class BackoffConfig:
     auth_max: float = 320.0
     #: Consecutive AUTH failures that are retried; the next one gives up.
     auth_max_attempts: int = 5
+    #: A stream that ends cleanly within this many seconds of opening is a
+    #: finite endpoint, not a feed: it is never retried sooner than
+    #: ``short_initial``, and each short stream in a row doubles that, up to
+    #: ``short_max`` (records arriving do not reset this count; a stream that
+    #: lives longer does).
+    short_stream: float = 10.0
+    short_initial: float = 1.0
+    short_factor: float = 2.0
+    short_max: float = 60.0
     #: Relative spread of a delay: 0.2 means anywhere in [0.8 d, 1.2 d).
     jitter: float = 0.2
     #: The longest a server may make us wait with ``Retry-After`` or ``retry:``.
@@ -390,6 +399,7 @@ def decide(
     sse_retry_ms: int | None = None,
     status: int | None = None,
     cause: str | None = None,
+    short_streams: int = 0,
 ) -> Decision:
     """The whole decision for failure number ``attempt`` of ``kind``, statelessly.
 
@@ -397,7 +407,9 @@ def decide(
     for RATE_LIMITED and HTTP_5XX; ``sse_retry_ms`` (the last SSE ``retry:``) is
     a floor for NETWORK and ENDED; both floors apply after jitter and are held
     to ``config.max_server_delay``.  ``status`` or else ``cause`` (say, an
-    exception's class name) names the failure in ``reason``.
+    exception's class name) names the failure in ``reason``.  For ENDED,
+    ``short_streams`` (the short streams in a row, this one included) sets a
+    floor from ``short_initial`` doubling to ``short_max``.
     """
     if status is not None:
         label = f"HTTP {status}"
@@ -432,6 +444,15 @@ def decide(
         if floor > delay:
             delay = floor
             notes.append(f"held to {floor_name}")
+    if kind is FailureKind.ENDED and short_streams > 0:
+        short_floor = _exponential(
+            config.short_initial, config.short_factor, config.short_max, short_streams
+        )
+        in_a_row = "" if short_streams == 1 else f", {short_streams} in a row"
+        notes.append(
+            f"ended within {_seconds(config.short_stream)} s of opening{in_a_row}"
+        )
+        delay = max(delay, short_floor)
 
     when = "retry at once" if delay == 0 else f"retry in {_seconds(delay)} s"
     extra = "".join(f", {note}" for note in notes)
@@ -465,6 +486,7 @@ class Backoff:
         self._clock = clock if clock is not None else _utc_now
         self._attempts: dict[FailureKind, int] = dict.fromkeys(FailureKind, 0)
         self._failed_since_record = False
+        self._short_streams = 0
         self._view = MappingProxyType(self._attempts)
 
     @property
@@ -481,8 +503,15 @@ class Backoff:
         sse_retry_ms: int | None = None,
         status: int | None = None,
         cause: str | None = None,
+        lived: float | None = None,
     ) -> Decision:
-        """Count one more failure of ``kind`` and decide what to do about it."""
+        """Count one more failure of ``kind`` and decide what to do about it.
+
+        ``lived`` is how long an ENDED stream was open, in seconds.
+        """
+        if kind is FailureKind.ENDED and lived is not None:
+            short = lived < self.config.short_stream
+            self._short_streams = self._short_streams + 1 if short else 0
         self._attempts[kind] += 1
         self._failed_since_record = True
         attempt = self._attempts[kind]
@@ -500,6 +529,7 @@ class Backoff:
             sse_retry_ms=sse_retry_ms,
             status=status,
             cause=cause,
+            short_streams=self._short_streams if kind is FailureKind.ENDED else 0,
         )
 
     def record_arrived(self) -> None:
