@@ -86,7 +86,7 @@ async def test_a_refusal_no_retry_cures_keeps_every_record_for_the_spill(
     assert (gate.dropped, gate.unconfirmed) == (0, 6)
     assert [str(e) for e in listener.endings] == ["Ending.FAILED"]
     spill = tmp_path / "spill.jsonl"
-    assert gate.spill(str(spill)) == (1, 5)
+    assert gate.spill(str(spill)) == (1, 5, str(spill))
     lines = [json.loads(line) for line in spill.read_text().splitlines()]
     assert [line["data"] for line in lines] == [f"r{n}" for n in range(6)]
     # Only the refused batch was sent; the ones behind it surely were not applied.

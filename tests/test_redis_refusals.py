@@ -8,6 +8,8 @@ file; a counter hash that vanishes is a failure, never a stop.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -262,3 +264,28 @@ def test_sigterm_while_redis_refuses_spills_the_held_records(
     assert pushed + spilled == list(range(len(pushed) + len(spilled)))
     entries = [json.loads(line) for line in (tmp_path / "spill.jsonl").open()]
     assert not any(entry["sent"] for entry in entries)
+
+
+def test_a_symlink_planted_at_the_spill_path_is_not_followed(
+    firehose_process, redis_server, tmp_path, daemons
+):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the test's own file\n")
+    (tmp_path / "spill.jsonl").symlink_to(mine)
+    redis_server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    used = int(info_field(redis_server, "used_memory"))
+    redis_server.command("CONFIG", "SET", "maxmemory", used + 2_000_000)
+    daemon = redis_run(
+        daemons, tmp_path, f"{firehose_process}/firehose?size=200", redis_server
+    )
+    daemon.wait_until_up()
+    daemon.wait_for(lambda s: s["waiting"] is not None, timeout=30)
+    daemon.terminate()
+    assert daemon.wait(timeout=30) == 0, daemon.output()
+    assert mine.read_text() == "the test's own file\n"
+    fresh = tmp_path / "spill.jsonl.1"
+    assert stat.S_IMODE(os.lstat(fresh).st_mode) == 0o600
+    spilled = spilled_ids(fresh)
+    pushed = list_ids(redis_server, "q")
+    assert spilled and pushed + spilled == list(range(len(pushed) + len(spilled)))
+    assert f"they are in {fresh} (JSON lines)" in daemon.output()

@@ -383,8 +383,9 @@ class _Spill:
         self.path = path
 
     def __call__(self, hunter: Hunter) -> int:
-        sent, unsent = self.gate.spill(self.path)
-        if sent + unsent:
+        # The file written is a fresh one: ``path.N`` when ``path`` was taken.
+        sent, unsent, written = self.gate.spill(self.path)
+        if written is not None:
             log.warn(
                 "tidehunter: Redis did not confirm {total} records; they are in "
                 "{path} (JSON lines), not lost: {unsent} never sent, {sent} sent "
@@ -393,7 +394,7 @@ class _Spill:
                 total=sent + unsent,
                 sent=sent,
                 unsent=unsent,
-                path=os.path.abspath(self.path),
+                path=os.path.abspath(written),
             )
         return sent + unsent
 

@@ -22,7 +22,7 @@ from ._connection import close_connection, execute_encoded
 from ._counter import RedisStateCounter
 from ._scripts import ADMIT_AND_PUSH, GAP, LOST, is_noscript, retryable_refusal
 from ._spec import RedisSpec
-from ._spill import write_spill
+from ._spill import Spilled, write_spill
 
 __all__ = ["MAX_BATCH", "MAX_IN_FLIGHT", "RedisGate", "RedisRefused"]
 
@@ -253,13 +253,14 @@ class RedisGate(CounterGate):
         self._backlog -= dropped
         return dropped
 
-    def spill(self, path: str) -> tuple[int, int]:
+    def spill(self, path: str) -> Spilled:
         """Write every unconfirmed record to ``path`` (JSON lines); never drop.
 
         One object per record: ``data``, the ``key`` it was for, and whether it
         was ``sent`` (Redis may have applied it before the outage; ``producer``
         and ``seq`` identify its batch, which the admit-and-push script would
-        recognise if re-sent) or never sent.  Returns (sent, unsent) counts.
+        recognise if re-sent) or never sent.  Returns the (sent, unsent)
+        counts and the file written: ``path``, or ``path.N`` when it was taken.
         """
         owed = sorted([*self._kept, *self._in_flight], key=lambda batch: batch.seq)
         batches: list[tuple[int | None, list[bytes]]] = [
@@ -270,13 +271,14 @@ class RedisGate(CounterGate):
             for batch in owed
         ]
         batches += [(None, records) for records in self._queued]
-        counts = write_spill(path, self.target_key, self.producer, batches)
-        if sum(counts):
+        spilled = write_spill(path, self.target_key, self.producer, batches)
+        total = spilled.sent + spilled.unsent
+        if total:
             self._closing = self._spilled = True
             # Spilled is a fate: no longer in flight.
-            self.spilled += sum(counts)
-            self._backlog -= sum(counts)
-        return counts
+            self.spilled += total
+            self._backlog -= total
+        return spilled
 
     # -- talking to Redis
 
