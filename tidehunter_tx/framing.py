@@ -9,14 +9,18 @@ the framer ever holding more than that many bytes of them.
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
     "FRAMINGS",
+    "RECORD_FORMATS",
     "Framer",
     "FramingError",
+    "JsonRecords",
     "LengthFramer",
     "LineFramer",
     "SSEEvent",
@@ -682,6 +686,81 @@ class LengthFramer(_NoPosition):
 
 
 FRAMINGS = ("lines", "sse", "length")
+
+#: How a record is written: as it came (``lines``), or as a JSON object.
+RECORD_FORMATS = ("lines", "json")
+
+
+class JsonRecords:
+    """Another framer's records, each as one JSON object: lossless, one line.
+
+    ``{"data": TEXT}``, or ``{"data_base64": ...}`` for bytes that are not
+    UTF-8; an event stream's records also carry ``event`` (when it is not the
+    default ``message``) and ``id`` (when the stream has one).  Counts,
+    position and retry hint are the wrapped framer's.
+    """
+
+    __slots__ = ("_framer",)
+
+    def __init__(self, framer: Framer) -> None:
+        self._framer = framer
+
+    @property
+    def keepalives(self) -> int:
+        return self._framer.keepalives
+
+    @keepalives.setter
+    def keepalives(self, value: int) -> None:
+        self._framer.keepalives = value
+
+    @property
+    def skipped(self) -> int:
+        return self._framer.skipped
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self._framer.skipped = value
+
+    def feed(self, data: bytes) -> list[bytes]:
+        framer = self._framer
+        try:
+            if isinstance(framer, SSEFramer):
+                return [_json_event(event) for event in framer.feed_events(data)]
+            return [_json_record({}, record) for record in framer.feed(data)]
+        except FramingError as error:
+            error.records = [_json_record({}, record) for record in error.records]
+            raise
+
+    def close(self) -> bytes:
+        return self._framer.close()
+
+    @property
+    def position(self) -> bytes | None:
+        return self._framer.position
+
+    @property
+    def retry_ms(self) -> int | None:
+        return self._framer.retry_ms
+
+    def resume_from(self, position: bytes | None) -> None:
+        self._framer.resume_from(position)
+
+
+def _json_event(event: SSEEvent) -> bytes:
+    fields: dict[str, str] = {}
+    if event.event != b"message":
+        fields["event"] = event.event.decode("utf-8", "replace")
+    if event.id is not None:
+        fields["id"] = event.id.decode("utf-8", "replace")
+    return _json_record(fields, event.data)
+
+
+def _json_record(fields: dict[str, str], record: bytes) -> bytes:
+    try:
+        fields["data"] = record.decode("utf-8")
+    except UnicodeDecodeError:
+        fields["data_base64"] = base64.b64encode(record).decode("ascii")
+    return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
 
 def make_framer(

@@ -46,7 +46,14 @@ from ._run import BackoffWait, make_run
 from ._version import USER_AGENT
 from .auth import Signer
 from .counter import Counter, StateCounter
-from .framing import DEFAULT_MAX_RECORD_BYTES, Framer, SSEFramer, make_framer
+from .framing import (
+    DEFAULT_MAX_RECORD_BYTES,
+    RECORD_FORMATS,
+    Framer,
+    JsonRecords,
+    SSEFramer,
+    make_framer,
+)
 from .gate import Ending, IGate, IGateListener
 from .policy import Backoff, FailureKind, classify
 from .protocol import StreamOutcome, StreamProtocol, StreamStats
@@ -213,6 +220,10 @@ class Hunter:
         admitted (in this process, or in Redis for a shared counter).
     :param framing: how records are cut: ``"lines"``, ``"sse"``, ``"length"``.
     :param max_record_bytes: larger records are skipped and counted.
+    :param record_format: ``"lines"`` (the default) delivers each record as
+        the feed framed it; ``"json"`` delivers each as one JSON object
+        (:class:`~tidehunter_tx.framing.JsonRecords`), with an event stream's
+        ``event`` and ``id``.
     :param high_watermark: pause reading from the socket when this many
         records wait in the queue; resume at ``low_watermark`` (default: a
         quarter of the high watermark).  Left at its default (10,000), a run
@@ -257,6 +268,7 @@ class Hunter:
         auth: tuple[str, str] | None = None,
         framing: str = "lines",
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        record_format: str = "lines",
         high_watermark: int | None = None,
         low_watermark: int | None = None,
         queue_budget_bytes: int = DEFAULT_QUEUE_BUDGET_BYTES,
@@ -299,6 +311,15 @@ class Hunter:
         self.data = data
         self.auth = auth
         self.framer: Framer = make_framer(framing, max_record_bytes)
+        if record_format not in RECORD_FORMATS:
+            raise ValueError(
+                f"record_format must be one of {', '.join(RECORD_FORMATS)}, "
+                f"not {record_format!r}"
+            )
+        #: What the body protocol feeds: the framer, or its records as JSON.
+        self._records_framer: Framer = (
+            JsonRecords(self.framer) if record_format == "json" else self.framer
+        )
         self._queue_sink: QueueSink | None = None
         if gate is None:
             if sink is None:
@@ -769,7 +790,7 @@ class Hunter:
                 retry_after[0] if retry_after else None,
             )
         protocol = StreamProtocol(
-            self.framer,
+            self._records_framer,
             self.gate,
             self.stats,
             self._reactor,

@@ -10,6 +10,7 @@ body protocol.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections import deque
@@ -320,8 +321,33 @@ class QueueSink:
             poll.stop()
 
 
+def as_lines(records: list[bytes]) -> bytes:
+    """The records as lines, exactly one line each, whatever a record holds.
+
+    JSON lines pass byte for byte.  A record holding a line break (a
+    multi-line SSE ``data``, a length-framed payload) would read back as
+    several: a JSON one is written with its line breaks as spaces (whitespace
+    in JSON, so the same value), anything else as one JSON string.
+    """
+    data = b"\n".join(records) + b"\n"
+    if data.count(b"\n") == len(records) and b"\r" not in data:
+        return data  # the common case: two C-speed scans
+    return b"".join(_one_line(record) + b"\n" for record in records)
+
+
+def _one_line(record: bytes) -> bytes:
+    if b"\n" not in record and b"\r" not in record:
+        return record
+    try:
+        json.loads(record)
+    except ValueError:
+        text = record.decode("utf-8", "surrogateescape")
+        return json.dumps(text).encode("ascii")
+    return record.replace(b"\r\n", b" ").replace(b"\n", b" ").replace(b"\r", b" ")
+
+
 class FileSink:
-    """Appends records to a binary file, one per line.
+    """Appends records to a binary file, one per line (see :func:`as_lines`).
 
     Writes go through the file object's buffer and are flushed once per batch,
     so a reader tailing the file sees whole batches; ``close()`` flushes and
@@ -339,7 +365,7 @@ class FileSink:
         return cls(open(path, "ab"))
 
     def put(self, records: list[bytes]) -> None:
-        self._file.write(b"\n".join(records) + b"\n")
+        self._file.write(as_lines(records))
         self._file.flush()
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
@@ -413,7 +439,7 @@ class PipeClosed(Exception):
 
 @implementer(IPushProducer)
 class PipeSink:
-    """Records, one per line, to a pipe such as standard output.
+    """Records, one per line (see :func:`as_lines`), to a pipe such as stdout.
 
     A slow reader (``twistd ... | slow-program``) must not block the reactor,
     or control commands and SIGTERM would wait on it too: writes are buffered
@@ -456,7 +482,7 @@ class PipeSink:
     def put(self, records: list[bytes]) -> None:
         self._records_put += len(records)
         if self.broken is None:
-            self._writer.write(b"\n".join(records) + b"\n")
+            self._writer.write(as_lines(records))
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
         self._on_drain = callback
