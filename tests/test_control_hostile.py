@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from redis_support import free_port
 from support import TWISTD, Daemon, rss_bytes
 from twisted.protocols import amp
@@ -19,7 +20,9 @@ def box(**fields: str) -> bytes:
     return amp.AmpBox(**{k: v.encode() for k, v in fields.items()}).serialize()
 
 
-def guarded(firehose_process: str, tmp_path: Path, daemons: list[Daemon]) -> Daemon:
+def guarded(
+    firehose_process: str, tmp_path: Path, daemons: list[Daemon], *extra: str
+) -> Daemon:
     secret = tmp_path / "secret"
     secret.write_text(SECRET + "\n")
     daemon = Daemon(
@@ -30,6 +33,7 @@ def guarded(firehose_process: str, tmp_path: Path, daemons: list[Daemon]) -> Dae
         f"file:{tmp_path / 'out.jsonl'}",
         "--control-secret-file",
         str(secret),
+        *extra,
         control=f"tcp:{free_port()}:interface=127.0.0.1",
     )
     daemons.append(daemon)
@@ -133,3 +137,44 @@ def test_a_short_secret_file_is_refused(firehose_process, tmp_path):
     )
     assert result.returncode != 0
     assert "a secret needs at least 16" in result.stdout + result.stderr
+
+
+def test_max_control_connections_sets_the_cap(firehose_process, tmp_path, daemons):
+    daemon = guarded(
+        firehose_process, tmp_path, daemons, "--max-control-connections", "3"
+    )
+    idle = [control_socket(daemon) for _ in range(5)]
+    try:
+        for sock in idle[3:]:  # past the cap: closed as they arrive
+            assert sock.recv(1) == b""
+        # The first three are served.
+        idle[0].sendall(
+            box(_command="Authenticate", _ask="1", secret=SECRET)
+            + box(_command="Status", _ask="2")
+        )
+        replies = b""
+        while b"state" not in replies:
+            chunk = idle[0].recv(65536)
+            assert chunk, replies
+            replies += chunk
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_a_bad_max_control_connections_is_a_usage_error(tmp_path, value):
+    result = subprocess.run(
+        [
+            *TWISTD,
+            "tidehunter",
+            *("--url", "http://127.0.0.1:9/"),
+            *("--max-control-connections", value),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "--max-control-connections" in result.stdout + result.stderr

@@ -29,6 +29,7 @@ from ._client import MAX_HEADER_BYTES
 from ._reactor import global_reactor
 from .auth import AuthError, signer_from_env
 from .control import (
+    MAX_CONTROL_CONNECTIONS,
     MIN_SECRET_BYTES,
     ControlError,
     ControlFactory,
@@ -176,6 +177,13 @@ class Options(usage.Options):
             None,
             None,
             "File holding the AMP shared secret (required for TCP control).",
+        ],
+        [
+            "max-control-connections",
+            None,
+            MAX_CONTROL_CONNECTIONS,
+            "Control connections at once; more are closed as they arrive.",
+            _number("max-control-connections", int, 1),
         ],
         [
             "stall-timeout",
@@ -505,5 +513,10 @@ def makeService(options: Options) -> IService:
         clock=reactor,
     )
     endpoint = serverFromString(reactor, options["control"])
-    factory = ControlFactory(hunting, options["secret"], reactor=reactor)
+    factory = ControlFactory(
+        hunting,
+        options["secret"],
+        reactor=reactor,
+        max_connections=options["max-control-connections"],
+    )
     return DaemonService(hunting, reactor, ControlService(endpoint, factory))
