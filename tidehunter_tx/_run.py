@@ -158,6 +158,8 @@ def _build() -> Any:
     stopped.upon(RunMachine.join).to(joining).returns(None)
     joining.upon(RunMachine.connect).to(connecting).returns(None)
     backing_off.upon(RunMachine.connect).to(connecting).returns(None)
+    # A redirect: its body read (and closed), the next request goes out.
+    reading_error.upon(RunMachine.connect).to(connecting).returns(None)
     connecting.upon(RunMachine.read_error).to(reading_error).returns(None)
     connecting.upon(RunMachine.stream).to(streaming).returns(None)
     # backing_off -> backing_off: waiting for the gate to settle, then the delay.

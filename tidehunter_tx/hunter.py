@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from treq.client import HTTPClient
 from treq.response import _Response
@@ -158,6 +158,10 @@ class GaveUp(Exception):
         super().__init__(reason if error is None else f"{reason}: {error}")
 
 
+class TooManyRedirects(Exception):
+    """The redirects went on past ``max_redirects``: a loop, or a misconfiguration."""
+
+
 class NoResponseHeaders(TimeoutError):
     """The server did not send its whole response headers in time."""
 
@@ -251,6 +255,11 @@ class Hunter:
         that buffers, as pouchdb-server's does), asks again without it for the
         rest of the run; ``"gzip"`` always asks for gzip; ``"identity"``
         never does.  An ``Accept-Encoding`` in ``headers`` replaces ours.
+    :param max_redirects: redirects followed per connection; past them the
+        run fails with :class:`TooManyRedirects`.  Each one is logged.
+    :param redirect_keep_headers: send ``headers``, ``auth`` and the signer's
+        credentials to another origin too (by default a redirect to another
+        scheme, host or port gets none of them).
     :param agent: the ``IAgent`` to request with (then ``ca_file`` cannot be
         given: configure the agent's TLS yourself).
     :param reactor: the reactor (time and TCP) to run on.
@@ -281,6 +290,8 @@ class Hunter:
         backoff: Backoff | None = None,
         stall_timeout: float | None = None,
         compression: str = "auto",
+        max_redirects: int = 10,
+        redirect_keep_headers: bool = False,
         agent: IAgent | None = None,
         ca_file: str | None = None,
         signer: Signer | None = None,
@@ -359,6 +370,10 @@ class Hunter:
         self._inflating = InflatingAgent(agent, reactor)
         self._client = HTTPClient(self._inflating)
         self.compression = compression
+        if max_redirects < 0:
+            raise ValueError(f"max_redirects must be >= 0, not {max_redirects}")
+        self.max_redirects = max_redirects
+        self.redirect_keep_headers = redirect_keep_headers
         self._gzip_starved = False  # auto fell back to identity for this hunter
         self._stream_lived: float | None = None  # the last 2xx body's, in seconds
         self._run, self._run_core = make_run()
@@ -749,32 +764,12 @@ class Hunter:
         self._inflating.starve_after = starve_after
 
     async def _connect_once(self) -> tuple[_Response | None, StreamOutcome]:
-        """One request and, for a 2xx answer, its whole body."""
+        """One request (and its redirects) and, for a 2xx answer, its whole body."""
         self._choose_encoding()
         self._stream_lived = None
-        request = self._client.request(
-            self.method,
-            self._request_url,
-            headers=cast(Any, self._request_headers()),
-            data=self.data,
-            auth=self.auth,
-            unbuffered=True,
-            reactor=cast(Any, self._reactor),  # treq wants time and TCP
-            timeout=self.timeout,
-        )
-        self._run.connect(request)
-        try:
-            response = await request
-        except Exception as failed:
-            # Cancelling shows up wrapped (ResponseNeverReceived([CancelledError])):
-            # what matters is whether the off switch did it or the timeout.
-            if self._over():
-                return None, StreamOutcome(Ending.STOPPED)
-            if self.timeout and _cancelled(failed):
-                raise NoResponseHeaders(
-                    f"no response headers within {self.timeout:g} s"
-                ) from failed
-            raise
+        response = await self._follow_redirects()
+        if response is None:
+            return None, StreamOutcome(Ending.STOPPED)
         if response.code == 204 and isinstance(self.framer, SSEFramer):
             # The event-stream way of saying "do not reconnect".
             return response, StreamOutcome(Ending.STOPPED)
@@ -809,6 +804,78 @@ class Hunter:
             self._stream_lived = self._reactor.seconds() - opened
         return response, outcome
 
+    async def _follow_redirects(self) -> _Response | None:
+        """The answer at the end of the redirects; None if the run was halted.
+
+        Each redirect is logged.  The user's headers and credentials go only
+        to the stream's own origin (scheme, host, port) unless
+        ``redirect_keep_headers``: a redirect elsewhere gets the request
+        without them.
+        """
+        url, method, data = self._request_url, self.method, self.data
+        home = _origin(url)
+        for hop in range(self.max_redirects + 1):
+            trusted = self.redirect_keep_headers or _origin(url) == home
+            response = await self._request(url, method, data, trusted)
+            if response is None:
+                return None
+            location = response.headers.getRawHeaders("location")
+            if response.code not in _REDIRECTS or not location:
+                return response
+            await self._read_error_body(response)  # closes it
+            if self._over():
+                return None
+            target = redact_url(urljoin(url, location[0]))
+            if hop == self.max_redirects:
+                raise TooManyRedirects(
+                    f"more than {self.max_redirects} redirects"
+                    f" (the last to {loggable_url(target)})"
+                )
+            log.info(
+                "tidehunter: HTTP {code} redirect from {source} to {target}{note}",
+                code=response.code,
+                source=loggable_url(url),
+                target=loggable_url(target),
+                note=""
+                if self.redirect_keep_headers or _origin(target) == home
+                else " (another origin: sent without your headers and credentials)",
+            )
+            if response.code == 303 or (
+                response.code in (301, 302) and method == "POST"
+            ):
+                method, data = "GET", None  # as browsers and requests do
+            url = target
+        raise AssertionError("unreachable")
+
+    async def _request(
+        self, url: str, method: str, data: bytes | None, trusted: bool
+    ) -> _Response | None:
+        """One request; None if the off switch cancelled it."""
+        request = self._client.request(
+            method,
+            url,
+            headers=cast(Any, self._request_headers(url, method, data, trusted)),
+            data=data,
+            auth=self.auth if trusted else None,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=cast(Any, self._reactor),  # treq wants time and TCP
+            timeout=self.timeout,
+        )
+        self._run.connect(request)
+        try:
+            return await request
+        except Exception as failed:
+            # Cancelling shows up wrapped (ResponseNeverReceived([CancelledError])):
+            # what matters is whether the off switch did it or the timeout.
+            if self._over():
+                return None
+            if self.timeout and _cancelled(failed):
+                raise NoResponseHeaders(
+                    f"no response headers within {self.timeout:g} s"
+                ) from failed
+            raise
+
     async def _read_error_body(self, response: _Response) -> bytes:
         """A bounded excerpt of an error body, never waiting on it forever.
 
@@ -828,9 +895,16 @@ class Hunter:
             if timer is not None and timer.active():
                 timer.cancel()
 
-    def _request_headers(self) -> dict[Any, Any]:
-        """The user's headers, plus what an event stream needs to resume."""
-        headers: dict[Any, Any] = dict(self.headers or {})
+    def _request_headers(
+        self,
+        url: str | None = None,
+        method: str | None = None,
+        data: bytes | None = None,
+        trusted: bool = True,
+    ) -> dict[Any, Any]:
+        """The user's headers (if ``trusted``), plus what an event stream
+        needs to resume; signed for ``url``."""
+        headers: dict[Any, Any] = dict(self.headers or {}) if trusted else {}
         if not any(_text(name).lower() == "user-agent" for name in headers):
             # Some feeds (Wikimedia) refuse clients that do not say who they are.
             headers["User-Agent"] = [USER_AGENT]
@@ -846,9 +920,14 @@ class Hunter:
                     del headers[name]
                 if last_id:
                     headers["Last-Event-ID"] = [last_id]
-        if self.signer is not None:
+        if self.signer is not None and trusted:
             # Signed per request: OAuth1 needs a fresh nonce each time.
-            headers = self.signer(self.method, self._request_url, headers, self.data)
+            headers = self.signer(
+                method or self.method,
+                url or self._request_url,
+                headers,
+                data if url is not None else self.data,
+            )
         return headers
 
     async def _wait_to_reconnect(self, kind: FailureKind | str, delay: float) -> None:
@@ -868,6 +947,18 @@ def _starved(outcome: StreamOutcome) -> CompressionStarved | None:
     failed = outcome.reason if outcome.ending is Ending.FAILED else None
     value = None if failed is None else failed.value
     return value if isinstance(value, CompressionStarved) else None
+
+
+#: Statuses that send the request elsewhere, when they carry a Location.
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: where credentials may go."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
 
 
 #: Connection endings after which the run may go on.
