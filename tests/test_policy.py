@@ -555,7 +555,6 @@ class ResponseFailedLike(_named("ResponseFailed")):  # type: ignore[misc]
         OSError("no route"),
         socket.gaierror(-2, "Name or service not known"),
         ssl.SSLError(1, "handshake failure"),
-        ssl.SSLCertVerificationError(1, "certificate verify failed"),
         EOFError(),
         _named("Error", module="OpenSSL.SSL")(),
         _named("ConnectionLost")(),
@@ -686,3 +685,39 @@ def test_short_streams_do_not_touch_other_kinds() -> None:
     backoff = Backoff(NO_JITTER)
     backoff.next_delay(ENDED, lived=0.1)
     assert backoff.next_delay(NETWORK).delay == 0.0
+
+
+# --- certificates that do not verify: configuration, a few tries -------------
+
+TLS = FailureKind.TLS
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ssl.SSLCertVerificationError(1, "certificate verify failed"),
+        _named("Error", module="OpenSSL.SSL")(
+            [("SSL routines", "", "certificate verify failed")]
+        ),
+        _named("VerificationError", module="service_identity.exceptions")(),
+    ],
+)
+def test_certificates_that_do_not_verify_are_tls(error: BaseException) -> None:
+    assert classify(error=error) is TLS
+
+
+def test_a_tls_failure_inside_twisteds_wrapper_is_tls() -> None:
+    inner = _named("Error", module="OpenSSL.SSL")(
+        [("SSL routines", "", "certificate verify failed")]
+    )
+    wrapper = ResponseFailedLike()
+    wrapper.reasons = [type("FailureLike", (), {"value": inner})()]
+    assert classify(error=wrapper) is TLS
+
+
+def test_tls_is_tried_three_times_then_given_up() -> None:
+    backoff = Backoff(NO_JITTER)
+    got = decisions(backoff, TLS, 4)
+    assert [d.delay for d in got] == [1.0, 2.0, 4.0, 0.0]
+    assert [d.retry for d in got] == [True, True, True, False]
+    assert got[-1].reason == "certificate not verified: giving up after 3 attempts"

@@ -81,6 +81,7 @@ class FailureKind(enum.Enum):
     RATE_LIMITED = "rate_limited"  # HTTP 420 or 429
     AUTH = "auth"  # HTTP 401 or 403
     FATAL = "fatal"  # 404, 406, 413, 416, other 4xx, unknown errors
+    TLS = "tls"  # the server's certificate did not verify: configuration
     ENDED = "ended"  # the server ended the stream cleanly
 
 
@@ -102,6 +103,12 @@ class BackoffConfig:
     auth_max: float = 320.0
     #: Consecutive AUTH failures that are retried; the next one gives up.
     auth_max_attempts: int = 5
+    #: A certificate that does not verify (wrong ``--ca-file``, a host name
+    #: it does not name) is configuration, not weather: a few tries, then up.
+    tls_initial: float = 1.0
+    tls_factor: float = 2.0
+    tls_max: float = 16.0
+    tls_max_attempts: int = 3
     #: A stream that ends cleanly within this many seconds of opening is a
     #: finite endpoint, not a feed: it is never retried sooner than
     #: ``short_initial``, and each short stream in a row doubles that, up to
@@ -119,11 +126,9 @@ class BackoffConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "auth_max_attempts":
+            if f.name.endswith("_max_attempts"):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(
-                        f"auth_max_attempts must be an int >= 0: {value!r}"
-                    )
+                    raise ValueError(f"{f.name} must be an int >= 0: {value!r}")
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{f.name} must be a number, not {value!r}")
@@ -275,6 +280,8 @@ def _classify_exception(error: BaseException) -> FailureKind:
     ]
     if any(isinstance(cause, ServerMisbehaved) for cause in causes):
         return FailureKind.HTTP_5XX
+    if any(_unverified(cause) for cause in causes):
+        return FailureKind.TLS
     if isinstance(error, (OSError, EOFError, ssl.SSLError)):
         # OSError covers ConnectionError, TimeoutError, socket.gaierror (DNS).
         return FailureKind.NETWORK
@@ -284,6 +291,16 @@ def _classify_exception(error: BaseException) -> FailureKind:
         if cls.__module__.split(".")[0] == "OpenSSL":  # OpenSSL.SSL.Error: TLS
             return FailureKind.NETWORK
     return FailureKind.FATAL
+
+
+def _unverified(error: object) -> bool:
+    """A certificate that did not verify, from OpenSSL, service_identity or ssl."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return True
+    module = type(error).__module__
+    if module.startswith("service_identity"):
+        return True  # the certificate does not name the host
+    return module.startswith("OpenSSL") and "certificate verify failed" in str(error)
 
 
 # --- the numbers ------------------------------------------------------------
@@ -331,6 +348,8 @@ def compute_delay(
         )
     elif kind is FailureKind.AUTH:
         base = _exponential(c.auth_initial, c.auth_factor, c.auth_max, attempt)
+    elif kind is FailureKind.TLS:
+        base = _exponential(c.tls_initial, c.tls_factor, c.tls_max, attempt)
     else:
         return 0.0
     return float(base * (1.0 + c.jitter * jitter_factor))
@@ -342,6 +361,8 @@ def should_retry(kind: FailureKind, attempt: int, config: BackoffConfig) -> bool
         return False
     if kind is FailureKind.AUTH:
         return attempt <= config.auth_max_attempts
+    if kind is FailureKind.TLS:
+        return attempt <= config.tls_max_attempts
     return True
 
 
@@ -384,6 +405,7 @@ _LABELS = {
     FailureKind.RATE_LIMITED: "rate limited",
     FailureKind.AUTH: "authentication refused",
     FailureKind.FATAL: "fatal error",
+    FailureKind.TLS: "certificate not verified",
     FailureKind.ENDED: "stream ended",
 }
 
