@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,6 +33,8 @@ MAX_PREAUTH_BOX_BYTES = 16 * 1024
 MAX_PREAUTH_KEYS = 4
 #: Seconds an unauthenticated connection may stay.
 PREAUTH_TIMEOUT = 10.0
+#: Seconds a connection refused a secret has to read the answer and hang up.
+LINGER_TIMEOUT = 2.0
 #: Seconds between refused secrets, from all clients together.
 GUESS_INTERVAL = 0.25
 #: Control connections at once; more are closed as they arrive.
@@ -207,10 +210,11 @@ class ControlProtocol(amp.AMP):
         self.closed: Deferred[None] = Deferred()
         #: Set by the factory: the one place refused guesses are paced.
         self.guesses: GuessPacer | None = None
-        self._unread = 0  # bytes received since the last whole box
+        self._box_bytes = 0  # of the box being received
         self._refusing = False  # a wrong secret: no later box is read
         self._reader_stalled = False  # our replies back up: the peer reads none
-        self._preauth_timer: Any = None
+        self._lost = False
+        self._deadline: Any = None  # closes a connection that overstays
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
@@ -218,7 +222,14 @@ class ControlProtocol(amp.AMP):
         # Told when our replies back up (a peer that never reads them).
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         if not self._authenticated:
-            self._preauth_timer = self._reactor.callLater(PREAUTH_TIMEOUT, self._abort)
+            self._close_within(PREAUTH_TIMEOUT)
+
+    def _close_within(self, seconds: float | None) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if seconds is not None:
+            self._deadline = self._reactor.callLater(seconds, self._abort)
 
     def pauseProducing(self) -> None:
         self._reader_stalled = True
@@ -231,19 +242,25 @@ class ControlProtocol(amp.AMP):
 
     def dataReceived(self, data: bytes) -> None:
         if self._refusing:
+            return  # after a wrong secret: drained, never parsed
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def stringReceived(self, string: bytes) -> None:
+        """One key or value (each at most 64 KiB, by AMP's framing)."""
+        if self._refusing:
             return
         if not self._authenticated:
             # Bounded before the secret is known: no endless box grows us.
-            self._unread += len(data)
-            if self._unread > MAX_PREAUTH_BOX_BYTES:
+            self._box_bytes += 2 + len(string)
+            if self._box_bytes > MAX_PREAUTH_BOX_BYTES:
                 self._abort()
                 return
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        super().stringReceived(string)  # type: ignore[no-untyped-call]
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         if self._refusing:
             return  # pipelined after a wrong secret: never read
-        self._unread = 0
+        self._box_bytes = 0
         if not self._authenticated and len(box) > MAX_PREAUTH_KEYS:
             self._abort()
             return
@@ -255,12 +272,13 @@ class ControlProtocol(amp.AMP):
 
     def _abort(self) -> None:
         self._refusing = True
-        if self.transport is not None:
+        self.paused = True  # the box parser stops where it is
+        if self.transport is not None and not self._lost:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = _LOST) -> None:
-        if self._preauth_timer is not None and self._preauth_timer.active():
-            self._preauth_timer.cancel()
+        self._lost = True
+        self._close_within(None)
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         if not self.closed.called:
             self.closed.callback(None)
@@ -273,30 +291,51 @@ class ControlProtocol(amp.AMP):
     def authenticate(self, secret: str) -> Deferred[dict[str, Any]]:
         if self._secret is None:
             return succeed({})
-        # Nothing after a guess is read until it is judged; a wrong one ends
-        # the connection, and guesses are paced across all connections.
-        self._refusing = True
+        # Nothing after a guess is parsed until it is judged: what was
+        # pipelined waits, unparsed, and the socket is not read meanwhile.
+        # Guesses are paced across all connections.
+        self.paused = True  # the box parser stops after this box
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
         turn = self.guesses.turn() if self.guesses is not None else succeed(None)
         return turn.addCallback(lambda _: self._judge(secret))
 
     def _judge(self, secret: str) -> dict[str, Any]:
         assert self._secret is not None
-        if hmac.compare_digest(secret.encode("utf-8"), self._secret):
-            self._authenticated = True
-            self._refusing = False
-            self._unread = 0
-            if self._preauth_timer is not None and self._preauth_timer.active():
-                self._preauth_timer.cancel()
-            return {}
+        right = hmac.compare_digest(secret.encode("utf-8"), self._secret)
         if self.guesses is not None:
-            self.guesses.refused()
-        # Let the error answer go out first, then hang up.
+            self.guesses.judged(refused=not right)
+        # Either way the answer goes out first, then the connection goes on
+        # with what was pipelined, or hangs up.
+        if right:
+            self._authenticated = True
+            self._close_within(None)
+            self._reactor.callLater(0, self._go_on)
+            return {}
+        self._refusing = True
         self._reactor.callLater(0, self._hang_up)
         raise BadSecret("wrong secret")
 
+    def _go_on(self) -> None:
+        """Read again, starting with the boxes pipelined behind the secret."""
+        if self._refusing or self._lost or self.transport is None:
+            return
+        self.paused = False
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self.dataReceived(b"")  # parse what waited
+
     def _hang_up(self) -> None:
-        if self.transport is not None:
-            self.transport.loseConnection()
+        """Close once the answer is out; what the peer sent is drained unread.
+
+        Closing with unread bytes would reset the connection, and a reset
+        can discard the answer before the peer reads it.
+        """
+        if self._lost or self.transport is None:
+            return
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        close = getattr(self.transport, "loseWriteConnection", None)
+        (close or self.transport.loseConnection)()
+        self._close_within(LINGER_TIMEOUT)
 
     @Status.responder
     def status(self) -> dict[str, Any]:
@@ -335,24 +374,43 @@ class ControlProtocol(amp.AMP):
 
 
 class GuessPacer:
-    """At most one refused secret per ``interval``, from all clients together."""
+    """One secret judged at a time, from all clients together, and no sooner
+    than ``interval`` after a refused one: concurrent connections guess no
+    faster than one."""
 
     def __init__(self, reactor: IReactorTime, interval: float = GUESS_INTERVAL):
         self._reactor = reactor
         self._interval = interval
         self._next = 0.0
+        self._waiting: deque[Deferred[None]] = deque()
+        self._judging = False
+        self._timer: Any = None
 
     def turn(self) -> Deferred[None]:
-        """Fires when the next guess may be judged."""
-        wait = self._next - self._reactor.seconds()
-        if wait <= 0:
-            return succeed(None)
+        """Fires when this guess may be judged; then call :meth:`judged`."""
         waiting: Deferred[None] = Deferred()
-        self._reactor.callLater(wait, waiting.callback, None)
+        self._waiting.append(waiting)
+        self._next_turn()
         return waiting
 
-    def refused(self) -> None:
-        self._next = self._reactor.seconds() + self._interval
+    def judged(self, refused: bool) -> None:
+        """The guess whose turn it was is judged; let the next one come."""
+        self._judging = False
+        if refused:
+            self._next = self._reactor.seconds() + self._interval
+        self._next_turn()
+
+    def _next_turn(self) -> None:
+        if self._judging or not self._waiting:
+            return
+        if self._timer is not None and self._timer.active():
+            return
+        wait = self._next - self._reactor.seconds()
+        if wait > 0:
+            self._timer = self._reactor.callLater(wait, self._next_turn)
+            return
+        self._judging = True
+        self._waiting.popleft().callback(None)
 
 
 class ControlFactory(ServerFactory):
