@@ -6,10 +6,11 @@ import asyncio
 import json
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_twisted
-from support import HostileServer
+from support import Daemon, HostileServer
 
 import tidehunter_tx.hunter
 from tidehunter_tx import Hunter, StreamFailed
@@ -109,3 +110,43 @@ async def test_the_users_accept_encoding_replaces_ours(firehose: str) -> None:
 def test_an_unknown_compression_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="auto, gzip, identity"):
         Hunter("http://127.0.0.1:1/", compression="br")
+
+
+def test_the_daemon_works_out_of_the_box_against_a_buffering_compressor(
+    tmp_path: Path, daemons: list[Daemon], buffering: BufferingCompressor
+) -> None:
+    out = tmp_path / "changes.jsonl"
+    daemon = Daemon(
+        tmp_path,
+        "--url",
+        buffering.url,
+        "--limit",
+        str(len(RECORDS)),
+        "--sink",
+        f"file:{out}",
+    )
+    daemons.append(daemon)
+    assert daemon.wait(timeout=30) == 0, daemon.output()  # after 5 s on gzip
+    assert out.read_bytes().splitlines() == RECORDS
+    assert buffering.asked == ["gzip", "identity"]
+    assert "gzip body gave no byte in 5 s" in daemon.output()
+    assert "asking again without compression" in daemon.output()
+
+
+def test_the_daemon_with_compression_identity_never_asks_for_gzip(
+    tmp_path: Path, daemons: list[Daemon], buffering: BufferingCompressor
+) -> None:
+    daemon = Daemon(
+        tmp_path,
+        "--url",
+        buffering.url,
+        "--limit",
+        str(len(RECORDS)),
+        "--sink",
+        f"file:{tmp_path / 'out'}",
+        "--compression",
+        "identity",
+    )
+    daemons.append(daemon)
+    assert daemon.wait(timeout=30) == 0, daemon.output()
+    assert buffering.asked == ["identity"]

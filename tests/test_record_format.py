@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_twisted
-from support import HostileServer
+from support import TWISTD, Daemon, HostileServer
 
 from tidehunter_tx import Hunter
 from tidehunter_tx.framing import JsonRecords, LengthFramer, LineFramer, SSEFramer
@@ -89,3 +91,64 @@ async def test_hunter_delivers_json_records(event_server: HostileServer) -> None
 def test_an_unknown_record_format_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="lines, json"):
         Hunter("http://127.0.0.1:1/", record_format="csv")
+
+
+def test_the_daemon_writes_each_multi_line_event_on_one_line(
+    tmp_path: Path, daemons: list[Daemon], event_server: HostileServer
+) -> None:
+    out = tmp_path / "events.jsonl"
+    daemon = Daemon(
+        tmp_path,
+        "--url",
+        f"{event_server.url}/events",
+        "--framing",
+        "sse",
+        "--limit",
+        "5",
+        "--sink",
+        f"file:{out}",
+    )
+    daemons.append(daemon)
+    assert daemon.wait(timeout=20) == 0, daemon.output()
+    lines = out.read_bytes().splitlines()
+    assert [json.loads(line) for line in lines] == ["line one\nline two"] * 5
+
+
+def test_the_daemon_with_format_json_writes_event_id_and_data(
+    tmp_path: Path, daemons: list[Daemon], event_server: HostileServer
+) -> None:
+    out = tmp_path / "events.jsonl"
+    daemon = Daemon(
+        tmp_path,
+        "--url",
+        f"{event_server.url}/events",
+        "--framing",
+        "sse",
+        "--format",
+        "json",
+        "--limit",
+        "5",
+        "--sink",
+        f"file:{out}",
+    )
+    daemons.append(daemon)
+    assert daemon.wait(timeout=20) == 0, daemon.output()
+    got = [json.loads(line) for line in out.read_bytes().splitlines()]
+    assert got == [
+        {"event": "tick", "id": str(i), "data": "line one\nline two"} for i in range(5)
+    ]
+
+
+def test_an_unknown_format_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*TWISTD, "tidehunter", "--url", "http://127.0.0.1:1/", "--format", "csv"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "--format must be one of lines, json, not 'csv'" in result.stdout + (
+        result.stderr
+    )
+    assert "Traceback" not in result.stdout + result.stderr

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from support import HostileServer
+from support import Daemon, HostileServer
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tidehunter_tx import Hunter
@@ -172,3 +173,42 @@ async def test_redirects_within_the_limit_are_followed(
     h = Hunter(f"{home.url}/hops/10/echo")  # the default limit: 10
     await h.tide_on(limit=1)
     assert seen(h)["method"] == "GET"
+
+
+def test_the_daemon_logs_redirects_and_stops_a_loop_at_max_redirects(
+    tmp_path: Path, daemons: list[Daemon], servers: tuple[HostileServer, HostileServer]
+) -> None:
+    home, _ = servers
+    daemon = Daemon(
+        tmp_path, "--url", f"{home.url}/loop", "--max-redirects", "2", "--no-reconnect"
+    )
+    daemons.append(daemon)
+    assert daemon.wait(timeout=20) == 1, daemon.output()
+    output = daemon.output()
+    assert (
+        output.count(f"HTTP 301 redirect from {home.url}/loop to {home.url}/loop") == 2
+    )
+    assert "more than 2 redirects" in output
+    assert home.connections == 3
+
+
+def test_the_daemon_sends_no_header_to_another_origin(
+    tmp_path: Path, daemons: list[Daemon], servers: tuple[HostileServer, HostileServer]
+) -> None:
+    home, elsewhere = servers
+    out = tmp_path / "out.jsonl"
+    daemon = Daemon(
+        tmp_path,
+        "--url",
+        f"{home.url}/away/{elsewhere.port}/302",
+        "--header",
+        "X-Api-Key: k-123",
+        "--limit",
+        "1",
+        "--sink",
+        f"file:{out}",
+    )
+    daemons.append(daemon)
+    assert daemon.wait(timeout=20) == 0, daemon.output()
+    assert "X-Api-Key" not in json.loads(out.read_bytes())["headers"]
+    assert "another origin" in daemon.output()

@@ -36,8 +36,8 @@ from .control import (
     read_secret_file,
 )
 from .counter import StateCounter
-from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS
-from .hunter import Hunter, load_ca_file, public_url
+from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS, RECORD_FORMATS
+from .hunter import COMPRESSIONS, Hunter, load_ca_file, public_url
 from .hunter_service import HunterService, RunResult
 from .redis import (
     RedisGate,
@@ -137,6 +137,12 @@ class Options(usage.Options):
 
     optFlags: ClassVar[list[list[Any]]] = [
         ["no-reconnect", None, "End the run when the connection ends."],
+        [
+            "redirect-keep-headers",
+            None,
+            "Send --header values and credentials on a redirect to another "
+            "origin too (by default it gets none of them).",
+        ],
     ]
     optParameters: ClassVar[list[list[Any]]] = [
         ["url", None, None, "The stream to read (required)."],
@@ -144,6 +150,27 @@ class Options(usage.Options):
         ["data", None, None, "Request body."],
         ["limit", None, 0, "Exact record limit; 0 = none.", _number("limit", int, 0)],
         ["framing", None, "lines", f"How records are cut: {'|'.join(FRAMINGS)}."],
+        [
+            "format",
+            None,
+            "lines",
+            "How records are written: lines (as they came, one per line) or "
+            "json (one JSON object each: data, and an event's event and id).",
+        ],
+        [
+            "compression",
+            None,
+            "auto",
+            "auto (ask for gzip; without it if a gzip body gives nothing for "
+            "5 s), gzip or identity.",
+        ],
+        [
+            "max-redirects",
+            None,
+            10,
+            "Redirects followed per connection.",
+            _number("max-redirects", int, 0),
+        ],
         [
             "max-record-bytes",
             None,
@@ -237,11 +264,15 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--url must be an http:// or https:// URL, not {shown!r}"
             )
-        if self["framing"] not in FRAMINGS:
-            raise usage.UsageError(
-                f"--framing must be one of {', '.join(FRAMINGS)}, "
-                f"not {self['framing']!r}"
-            )
+        for name, choices in (
+            ("framing", FRAMINGS),
+            ("format", RECORD_FORMATS),
+            ("compression", COMPRESSIONS),
+        ):
+            if self[name] not in choices:
+                raise usage.UsageError(
+                    f"--{name} must be one of {', '.join(choices)}, not {self[name]!r}"
+                )
         self["redis-sink"] = _check_sink_spec(self["sink"])
         self["redis-counter"] = _check_counter_spec(self["counter"])
         sink, counter = self["redis-sink"], self["redis-counter"]
@@ -492,6 +523,10 @@ def makeService(options: Options) -> IService:
         data=options["data"].encode() if options["data"] else None,
         framing=options["framing"],
         max_record_bytes=options["max-record-bytes"],
+        record_format=options["format"],
+        compression=options["compression"],
+        max_redirects=options["max-redirects"],
+        redirect_keep_headers=bool(options["redirect-keep-headers"]),
         sink=local_sink if gate is None else None,
         gate=gate,
         reconnect=not options["no-reconnect"],
