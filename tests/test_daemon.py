@@ -97,6 +97,11 @@ def test_fatal_status_ends_the_daemon_even_with_reconnects(firehose_process, tmp
         (["--header", "no colon"], "--header"),
         ([], "--url"),
         (["--url", "http://127.0.0.1:99999/"], "--url"),
+        (["--sink", "file:/missing/dir/x.jsonl"], "no directory /missing/dir"),
+        (["--sink", "file:/"], "is a directory"),
+        (["--format", "xml"], "--format"),
+        (["--compression", "br"], "--compression"),
+        (["--max-redirects", "-1"], "--max-redirects"),
     ],
 )
 def test_bad_option_is_a_usage_error_naming_it(args, named):
@@ -106,6 +111,7 @@ def test_bad_option_is_a_usage_error_naming_it(args, named):
     result = twistd("tidehunter", *url, *args)
     assert result.returncode != 0
     assert named in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_plugin_file_has_no_package_init():

@@ -89,7 +89,12 @@ def parse_sink(spec: str, reactor: Any = None) -> FileSink | PipeSink:
 
 def _check_sink_spec(spec: str) -> RedisSpec | None:
     """Validate ``--sink``; return the Redis target when it names one."""
-    if spec == "stdout" or (spec.startswith("file:") and len(spec) > len("file:")):
+    if spec == "stdout":
+        return None
+    if spec.startswith("file:") and len(spec) > len("file:"):
+        problem = _unwritable(spec[len("file:") :])
+        if problem:
+            raise usage.UsageError(f"--sink {spec}: {problem}")
         return None
     if spec.startswith(("redis://", "redis+stream://")):
         try:
@@ -100,6 +105,19 @@ def _check_sink_spec(spec: str) -> RedisSpec | None:
         f"--sink: unknown sink {_hide_password(spec)!r}; expected stdout, "
         "file:PATH, redis://HOST:PORT/DB?key=KEY or redis+stream://...?key=KEY"
     )
+
+
+def _unwritable(path: str) -> str | None:
+    """Why records could not be appended to ``path``, in words; None if they can."""
+    directory = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        return "is a directory"
+    if not os.path.isdir(directory):
+        return f"no directory {directory}"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "not writable"
+    writable = os.access(directory, os.W_OK | os.X_OK)
+    return None if writable else f"cannot create files in {directory}"
 
 
 def _check_counter_spec(spec: str) -> RedisSpec | None:
