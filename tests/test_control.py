@@ -96,10 +96,18 @@ async def test_no_daemon_is_a_clear_error(tmp_path):
         ("tcp:8750:interface=127.0.0.1", "tcp:host=127.0.0.1:port=8750"),
         ("tcp:port=8750:interface=0.0.0.0", "tcp:host=127.0.0.1:port=8750"),
         ("tcp:host=10.0.0.1:port=1", "tcp:host=10.0.0.1:port=1"),
+        ("tcp:127.0.0.1:8750", "tcp:host=127.0.0.1:port=8750"),
+        ("tcp6:\\:\\:1:8750", "tcp6:host=\\:\\:1:port=8750"),
     ],
 )
 def test_server_endpoint_strings_translate_to_client_form(server, client):
     assert client_endpoint(server) == client
+
+
+@pytest.mark.parametrize("endpoint", ["tcp:127.0.0.1:http", "tcp:99999", "tcp:x:0"])
+def test_a_bad_port_is_a_clear_error(endpoint):
+    with pytest.raises(ControlError, match="not a port"):
+        client_endpoint(endpoint)
 
 
 def test_unsupported_endpoint_is_a_clear_error():

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import Daemon
+from support import CTL, Daemon
 
 
 @pytest.fixture
@@ -168,6 +169,16 @@ def test_tcp_control_demands_the_secret(firehose_process, tmp_path, daemons):
 
     status = daemon.status(secret_file=str(secret))
     assert status["state"] in ("streaming", "connecting")
+    # Twisted's own client form reaches the same daemon.
+    client_args = ["--control", f"tcp:127.0.0.1:{port}", "--secret-file", str(secret)]
+    client_form = subprocess.run(
+        [CTL, *client_args, "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert client_form.returncode == 0, client_form.stderr
+    assert json.loads(client_form.stdout)["state"] == status["state"]
     everything = json.dumps(status) + daemon.output()
     assert "correct horse" not in everything
 

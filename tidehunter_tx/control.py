@@ -512,9 +512,14 @@ def client_endpoint(description: str) -> str:
     if kind in ("tcp", "tcp6"):
         if "host" in named:
             return description
-        port = named.get("port") or (positional[0] if positional else None)
-        if port is None:
+        if len(positional) == 2 and "port" not in named:
+            # Twisted's client form, tcp:HOST:PORT.
+            host, given = positional
+            return f"{kind}:host={host}:port={_checked_port(given, description)}"
+        named_port = named.get("port") or (positional[0] if positional else None)
+        if named_port is None:
             raise ControlError(f"no port in {description!r}")
+        port = _checked_port(named_port, description)
         default = "\\:\\:1" if kind == "tcp6" else "127.0.0.1"
         host = named.get("interface", default)
         if host in ("0.0.0.0", ""):
@@ -525,6 +530,12 @@ def client_endpoint(description: str) -> str:
     raise ControlError(
         f"unsupported control endpoint {description!r}: use unix: or tcp:"
     )
+
+
+def _checked_port(port: str, description: str) -> str:
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ControlError(f"not a port: {port!r} in {description!r}")
+    return port
 
 
 class ControlClient:
