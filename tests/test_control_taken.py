@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis_support import free_port
-from support import TWISTD, Daemon
+from support import BIN, TWISTD, Daemon
 
 
 @pytest.fixture
@@ -128,4 +129,35 @@ def test_a_taken_control_port_exits_1_before_the_feed(tmp_path, feed):
     assert result.returncode == 1, output
     assert output.count(f"control port 127.0.0.1:{port} is taken") == 1, output
     assert "Traceback" not in output and "Unhandled" not in output, output
+    assert connections(feed) == 0
+
+
+def test_without_n_the_parent_says_why_and_exits_1(tmp_path, feed):
+    """twistd's parent waits for its daemonized child's word: it gets it."""
+    secret = tmp_path / "secret"
+    secret.write_text("correct horse battery staple\n")
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                *(str(BIN / "twistd"), f"--pidfile={pidfile}", f"--logfile={logfile}"),
+                *("tidehunter", "--url", feed_url(feed)),
+                *("--control", f"tcp:{port}:interface=127.0.0.1"),
+                *("--control-secret-file", str(secret)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"control port 127.0.0.1:{port} is taken" in result.stderr
+    assert f"control port 127.0.0.1:{port} is taken" in logfile.read_text()
+    deadline = time.monotonic() + 10
+    while pidfile.exists():  # the child removes it just after telling
+        assert time.monotonic() < deadline, "the pid file stayed"
+        time.sleep(0.02)
     assert connections(feed) == 0

@@ -386,7 +386,7 @@ class DaemonService(MultiService):
         refusal = self.control.refusal if self.control is not None else None
         if refusal is not None:
             log.error("tidehunter: {refusal}", refusal=refusal)
-            raise SystemExit(1)
+            raise ControlTaken(refusal)
 
     def _run_over(self, result: RunResult) -> None:
         self.exit_code = 0 if result.ok else 1
@@ -454,6 +454,19 @@ class _Spill:
                 path=os.path.abspath(written),
             )
         return sent + unsent
+
+
+class ControlTaken(SystemExit, Exception):
+    """Exit status 1, no traceback: the control endpoint is someone else's.
+
+    Also an ``Exception``, so twistd's runner hands the reason to a parent
+    waiting for its daemonized child (without ``-n``; a bare SystemExit
+    leaves that parent waiting forever) and removes its pid file.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.code = 1
 
 
 class ControlService(StreamServerEndpointService):
