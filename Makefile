@@ -35,6 +35,36 @@ redis-server:
 test: $(VENV)/.installed redis-server
 	$(BIN)/python -m pytest
 
+# Real peers (tests/test_peers_*.py): nginx from apt, pouchdb-server from npm in
+# .peers/ (never committed; kept between runs). `make test` runs these tests
+# too where the peers are installed and skips them, with the reason, where not;
+# here a missing peer fails (TIDEHUNTER_REQUIRE_PEERS=1) instead of skipping.
+PEERS := .peers
+POUCHDB_SERVER := $(PEERS)/node_modules/.bin/pouchdb-server
+
+.PHONY: test-peers nginx pouchdb-server
+
+nginx:
+	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nginx with apt-get"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx; \
+	  else \
+	    echo "nginx is missing: install it (e.g. sudo apt-get install nginx)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+$(POUCHDB_SERVER):
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: install Node.js 18+ and npm" >&2; exit 1; }
+	npm install --prefix $(PEERS) --no-audit --no-fund --no-save --loglevel=error pouchdb-server@4
+	@test -x $@
+
+pouchdb-server: $(POUCHDB_SERVER)
+
+test-peers: $(VENV)/.installed nginx pouchdb-server
+	TIDEHUNTER_REQUIRE_PEERS=1 $(BIN)/python -m pytest -m peers
+
 check: $(VENV)/.installed
 	$(BIN)/ruff check tidehunter_tx twisted tests benchmarks
 	$(BIN)/ruff format --check tidehunter_tx twisted tests benchmarks
