@@ -112,6 +112,22 @@ def test_a_dead_daemons_lock_and_socket_are_taken_over(firehose_process, tmp_pat
         daemon.kill()
 
 
+def test_a_socket_file_without_a_lock_is_refused_not_removed(tmp_path, feed):
+    sock = tmp_path / "th.sock"
+    with socket.socket(socket.AF_UNIX) as left:  # bound, never unlinked
+        left.bind(str(sock))
+    result = run_daemon(
+        tmp_path, "--url", feed_url(feed), "--control", f"unix:{sock}:mode=600"
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert output.count(f"control socket {sock} exists") == 1, output
+    assert "Traceback" not in output, output
+    assert sock.exists()  # no lock names its daemon: it is not ours to remove
+    assert not os.path.lexists(f"{sock}.lock")  # nor is a lock left behind
+    assert connections(feed) == 0
+
+
 def test_a_taken_control_port_exits_1_before_the_feed(tmp_path, feed):
     secret = tmp_path / "secret"
     secret.write_text("correct horse battery staple\n")

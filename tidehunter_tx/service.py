@@ -8,6 +8,7 @@ reason logged, when the stream fails for good.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -504,23 +505,33 @@ def _why_not_listening(error: CannotListenError) -> str:
     in_use = getattr(reason, "errno", None) == errno.EADDRINUSE
     if error.interface is None and isinstance(error.port, (bytes, str)):
         path = os.fsdecode(error.port)
-        try:
-            holder = f" (pid {os.readlink(path + '.lock')})"
-        except OSError:
-            holder = ""
-        if holder or reason == "Cannot acquire lock":
+        if isinstance(reason, str):  # the lock (PATH.lock) is a live pid's
+            try:
+                holder = f" (pid {os.readlink(path + '.lock')})"
+            except OSError:
+                holder = ""
             return f"control socket {path} is held by another daemon{holder}"
+        _release_own_lock(path)
         if in_use:
             return (
-                f"control socket {path} exists: another daemon's, or left by one "
-                "that was killed (remove it; with lockfile=1 a dead one's is "
-                "taken over)"
+                f"control socket {path} exists and no live daemon's lock names "
+                "it: remove it if no daemon uses it"
             )
         return f"cannot listen on control socket {path}: {_strerror(reason)}"
     where = f"{error.interface}:{error.port}" if error.interface else error.port
     if in_use:
         return f"control port {where} is taken"
     return f"cannot listen on control port {where}: {_strerror(reason)}"
+
+
+def _release_own_lock(path: str) -> None:
+    """Twisted keeps the lock it took when the bind then fails: drop it, so
+    a refused daemon leaves nothing behind and the next start is refused
+    the same way."""
+    lock = f"{path}.lock"
+    with contextlib.suppress(OSError):
+        if os.readlink(lock) == str(os.getpid()):
+            os.remove(lock)
 
 
 def _strerror(reason: object) -> str:
