@@ -151,7 +151,14 @@ class Options(usage.Options):
     longdesc = (
         "Stream an HTTP feed into a sink with an exact record limit, steerable "
         "over AMP with tidehunter-ctl. With --sink stdout (the default) stdout "
-        "carries the records only; twistd's log goes to stderr."
+        "carries the records only; twistd's log goes to stderr. Credentials come "
+        "from the environment, not argv (which ps shows to every user): "
+        "TIDEHUNTER_BEARER_TOKEN (Authorization: Bearer), TIDEHUNTER_BASIC_AUTH "
+        "(user:password), or all four of TIDEHUNTER_OAUTH1_CONSUMER_KEY, "
+        "TIDEHUNTER_OAUTH1_CONSUMER_SECRET, TIDEHUNTER_OAUTH1_TOKEN_KEY and "
+        "TIDEHUNTER_OAUTH1_TOKEN_SECRET (OAuth1 signing, with the oauth extra); "
+        "only one kind at a time. TIDEHUNTER_REDIS_PASSWORD is the password for "
+        "a redis:// --sink or --counter that names none."
     )
 
     optFlags: ClassVar[list[list[Any]]] = [
