@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_LIMIT ?= 10
 
-.PHONY: demo test check bench redis-server clean
+.PHONY: demo test check bench redis-server etcd-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,20 @@ redis-server:
 	  fi; \
 	fi
 
-test: $(VENV)/.installed redis-server
+# The etcd tests start their own etcd on free ports; only the binary is needed.
+# Unlike redis-server, a missing etcd never fails make: those tests skip, saying why.
+etcd-server:
+	@if ! command -v etcd >/dev/null 2>&1 && [ ! -x /usr/bin/etcd ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing etcd-server with apt-get"; \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server; } \
+	      || echo "etcd-server could not be installed: the etcd tests will skip" >&2; \
+	  else \
+	    echo "etcd is missing (sudo apt-get install etcd-server): the etcd tests will skip" >&2; \
+	  fi; \
+	fi
+
+test: $(VENV)/.installed redis-server etcd-server
 	$(BIN)/python -m pytest
 
 # Real peers (tests/test_peers_*.py): nginx from apt, pouchdb-server from npm in
