@@ -17,7 +17,7 @@ import base64
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["AuthError", "Signer", "signer_from_env"]
+__all__ = ["AuthError", "Signer", "signer_from_env", "signer_secrets"]
 
 #: Given (method, url, headers, body), return the headers to send.
 Signer = Callable[[str, str, dict[Any, Any], bytes | None], dict[Any, Any]]
@@ -51,12 +51,13 @@ def signer_from_env(environ: Mapping[str, str]) -> Signer | None:
     if len(chosen) > 1:
         raise AuthError(f"set only one kind of credential, not {' and '.join(chosen)}")
     if bearer:
-        return _header_signer(f"Bearer {bearer.strip()}")
+        return _header_signer(f"Bearer {bearer.strip()}", bearer.strip())
     if basic:
         if ":" not in basic:
             raise AuthError("TIDEHUNTER_BASIC_AUTH must look like user:password")
         token = base64.b64encode(basic.strip().encode("utf-8")).decode("ascii")
-        return _header_signer(f"Basic {token}")
+        _, _, password = basic.strip().partition(":")
+        return _header_signer(f"Basic {token}", password, basic.strip())
     if any(oauth.values()):
         missing = [name for name, value in oauth.items() if not value]
         if missing:
@@ -65,12 +66,21 @@ def signer_from_env(environ: Mapping[str, str]) -> Signer | None:
     return None
 
 
-def _header_signer(value: str) -> Signer:
+def signer_secrets(signer: Signer | None) -> tuple[str, ...]:
+    """The secret values a signer sends, so that text can be masked of them.
+
+    A signer of your own may say so too, with a ``secrets`` attribute.
+    """
+    return tuple(getattr(signer, "secrets", ()))
+
+
+def _header_signer(value: str, *secrets: str) -> Signer:
     def sign(
         method: str, url: str, headers: dict[Any, Any], body: bytes | None
     ) -> dict[Any, Any]:
         return {**headers, "Authorization": [value]}
 
+    sign.secrets = secrets  # type: ignore[attr-defined]
     return sign
 
 
@@ -100,4 +110,5 @@ def _oauth1_signer(
         )
         return {**headers, "Authorization": [signed["Authorization"]]}
 
+    sign.secrets = (consumer_secret, token_secret)  # type: ignore[attr-defined]
     return sign

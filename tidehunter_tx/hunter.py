@@ -43,8 +43,9 @@ from ._describe import describe, loggable_url, one_line, public_url, redact_url
 from ._inflate import CompressionStarved, InflatingAgent
 from ._reactor import or_global_reactor
 from ._run import BackoffWait, make_run
+from ._secrets import Secrets, url_secrets
 from ._version import USER_AGENT
-from .auth import Signer
+from .auth import Signer, signer_secrets
 from .counter import Counter, StateCounter
 from .framing import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -121,6 +122,7 @@ class HTTPStatusError(Exception):
         phrase: str,
         body: bytes,
         retry_after: str | None = None,
+        secrets: Secrets | None = None,
     ):
         self.method = method
         self.url = url
@@ -129,7 +131,12 @@ class HTTPStatusError(Exception):
         self.body = body
         self.retry_after = retry_after
         # One line: an error body is often several JSON lines.
-        excerpt = " ".join(body[:200].decode("utf-8", "replace").split())
+        # Masked before it is cut, so no secret's first half survives the
+        # cut: a 401 body may echo the request, credentials and all.
+        text = body.decode("utf-8", "replace")
+        if secrets is not None:
+            text = secrets.mask(text)
+        excerpt = " ".join(text[:200].split())
         message = f"{method} {url} answered HTTP {code} {phrase}".rstrip()
         super().__init__(f"{message}: {excerpt}" if excerpt else message)
 
@@ -356,6 +363,11 @@ class Hunter:
         self.backoff = Backoff() if backoff is None else backoff
         self.stall_timeout = stall_timeout
         self.signer = signer
+        #: What this hunter sends that no error message or log line may show.
+        self.secrets = Secrets(url_secrets(url))
+        self.secrets.update(signer_secrets(signer))
+        if auth is not None:
+            self.secrets.update([auth[1], f"{auth[0]}:{auth[1]}"])
         self._reactor = reactor
         if agent is None:
             pool = BoundedPool(
@@ -718,11 +730,11 @@ class Hunter:
                 cause=None if error is None or status else one_line(error),
                 lived=self._stream_lived,
             )
-            self.stats.last_error = decision.reason
+            self.stats.last_error = self.secrets.mask(decision.reason)
             log.info(
                 "tidehunter: {url}: {reason}",
                 url=public_url(self.url),
-                reason=decision.reason,
+                reason=self.stats.last_error,
             )
             if not decision.retry:
                 raise GaveUp(decision.reason, error)
@@ -783,6 +795,7 @@ class Hunter:
                 response.phrase.decode("latin-1", "replace"),
                 body,
                 retry_after[0] if retry_after else None,
+                self.secrets,
             )
         protocol = StreamProtocol(
             self._records_framer,

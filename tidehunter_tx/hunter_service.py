@@ -129,6 +129,7 @@ class HunterService(Service, HunterController):
         message = (
             str(reason) if isinstance(reason, GaveUp) else failure.getErrorMessage()
         )
+        message = self.hunter.secrets.mask(message)
         log.error("tidehunter: stream failed: {reason}", reason=message)
         ensureDeferred(self._wind_down(reason))
 
