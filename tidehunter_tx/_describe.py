@@ -28,10 +28,9 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    # The host and port as written: a bad port must not raise here, where
+    # the usage error that names it is being worded.
+    netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=netloc))
 
 
