@@ -10,7 +10,7 @@ from support import TWISTD
 
 @pytest.mark.parametrize("port", ["99999", "abc"])
 def test_a_bad_port_beside_credentials_is_a_usage_error(port: str) -> None:
-    url = f"http://alice:pw-SECRET@127.0.0.1:{port}/feed"
+    url = f"http://alice:pw-hidden-9@127.0.0.1:{port}/feed"
     result = subprocess.run(
         [*TWISTD, "tidehunter", "--url", url],
         capture_output=True,
@@ -20,4 +20,4 @@ def test_a_bad_port_beside_credentials_is_a_usage_error(port: str) -> None:
     assert result.returncode != 0
     assert "--url has a bad port" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert "SECRET" not in result.stderr + result.stdout
+    assert "pw-hidden-9" not in result.stderr + result.stdout
