@@ -5,7 +5,9 @@ GitHub, read here):
 
 - ``<!-- example: NAME -->``: run by the test for NAME below (several blocks
   may share a NAME: a daemon and the consumer that reads it, in README order);
-- ``<!-- not run: REASON -->``: reported as skipped with REASON (``pytest -rs``).
+- ``<!-- not run: REASON -->``: reported as skipped with REASON (``pytest -rs``);
+- a comment naming another module (``<!-- run by tests/test_etcd.py -->``):
+  that module runs the block (the module must exist).
 
 A block with neither, or a NAME or block count this module does not know,
 fails ``test_every_block_is_run_or_marked``.  The blocks are read from the
@@ -39,6 +41,7 @@ from tidehunter_tx.control import MIN_SECRET_BYTES, read_secret_file
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MARKER = re.compile(r"<!--\s*(example|not run):\s*(.*?)\s*-->")
+ELSEWHERE = re.compile(r"<!--.*?\b(tests/test_\w+\.py)\b.*?-->")
 
 #: Every example NAME in the README and how many blocks it has.
 EXAMPLES = {
@@ -79,8 +82,11 @@ def readme_blocks() -> list[Block]:
             i += 1
         i += 1  # the closing fence
         before = [line for line in lines[:start] if line.strip()]
-        marker = MARKER.fullmatch(before[-1].strip()) if before else None
+        last = before[-1].strip() if before else ""
+        marker, elsewhere = MARKER.fullmatch(last), ELSEWHERE.fullmatch(last)
         kind, label = (marker.group(1), marker.group(2)) if marker else (None, "")
+        if elsewhere and not marker:
+            kind, label = "elsewhere", elsewhere.group(1)
         blocks.append(Block(start + 1, lang, "\n".join(body) + "\n", kind, label))
     return blocks
 
@@ -115,6 +121,12 @@ def test_every_block_is_run_or_marked() -> None:
             names[block.label] = names.get(block.label, 0) + 1
     assert names == EXAMPLES, "README examples and tests/test_readme.py disagree"
     assert all(b.label for b in BLOCKS if b.kind == "not run"), "a reason is needed"
+    root = README.parent
+    for block in BLOCKS:
+        if block.kind == "elsewhere":
+            assert (root / block.label).is_file(), (
+                f"README.md:{block.line}: no {block.label}"
+            )
 
 
 @pytest.mark.parametrize(
