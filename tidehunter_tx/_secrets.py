@@ -17,6 +17,10 @@ MASK = "***"
 #: Shorter values are left alone: masking ``a`` or ``1`` would garble every
 #: line, and a secret that short protects nothing anyway.
 MIN_SECRET_CHARS = 4
+#: Query values are masked from this length on, and never when all digits:
+#: API keys are long, while ``format=length`` or ``since=1000`` are settings
+#: whose words and numbers appear everywhere else in a log line.
+MIN_QUERY_SECRET_CHARS = 8
 
 
 class Secrets:
@@ -54,11 +58,16 @@ class Secrets:
 
 
 def url_secrets(url: str) -> list[str]:
-    """A URL's password, ``user:password`` pair and query values."""
+    """A URL's password, ``user:password`` pair and query values that may be
+    keys (see :data:`MIN_QUERY_SECRET_CHARS`)."""
     parts = urlsplit(url)
     found: list[str] = []
     if parts.password is not None:
         user, password = unquote(parts.username or ""), unquote(parts.password)
         found += [password, f"{user}:{password}"]
-    found += [value for _, value in parse_qsl(parts.query, keep_blank_values=True)]
+    found += [
+        value
+        for _, value in parse_qsl(parts.query, keep_blank_values=True)
+        if len(value) >= MIN_QUERY_SECRET_CHARS and not value.isdigit()
+    ]
     return found
