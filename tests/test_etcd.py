@@ -234,13 +234,6 @@ def test_without_reconnect_the_daemon_exits_1_quoting_etcds_reason(
 #: Until issue 11's fix: with reconnect the 500's body is read (and kept in
 #: HTTPStatusError.body) but the reason logged and kept as last_error is only
 #: the policy's, e.g. "HTTP 500: retry in 4.855 s (attempt 1)" (5 s, jittered).
-RECONNECT_HIDES_THE_BODY = (
-    "issue 11: in reconnect mode last_error and the reconnect log line say only "
-    "'HTTP 500: retry in 4.855 s (attempt 1)', not the error body's reason"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=RECONNECT_HIDES_THE_BODY)
 @pytest_twisted.ensureDeferred
 async def test_reconnecting_hunter_shows_etcds_reason_in_last_error(
     etcd: Etcd,
@@ -259,7 +252,6 @@ async def test_reconnecting_hunter_shows_etcds_reason_in_last_error(
     assert NOT_JSON_REASON in last_error, last_error
 
 
-@pytest.mark.xfail(strict=True, reason=RECONNECT_HIDES_THE_BODY)
 @pytest.mark.slow
 def test_reconnecting_daemon_logs_etcds_reason(etcd: Etcd, tmp_path: Path) -> None:
     daemon = Daemon(

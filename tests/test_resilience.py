@@ -295,7 +295,10 @@ async def test_404_is_fatal_at_once_after_one_request(firehose: str) -> None:
     assert time.monotonic() - started < 1.0
     error = caught.value.error
     assert isinstance(error, HTTPStatusError) and error.code == 404
-    assert h.status()["last_error"] == "HTTP 404 is fatal"
+    assert h.status()["last_error"] == (
+        'HTTP 404 is fatal; the server said: {"error":"Not Found","id":0}'
+        ' {"error":"Not Found","id":1} {"error":"Not Found","id":2}'
+    )
     assert h.status()["reconnects"] == 0
     assert not h.q.pending
     assert len((await emulator_stats(firehose))["request_times"]) == 1
@@ -315,7 +318,9 @@ async def test_401_gives_up_after_5_retries(firehose: str) -> None:
     error = caught.value.error
     assert isinstance(error, HTTPStatusError) and error.code == 401
     status = h.status()
-    assert status["last_error"] == "HTTP 401: giving up after 5 attempts"
+    assert status["last_error"].startswith(
+        'HTTP 401: giving up after 5 attempts; the server said: {"error":"Unauthorized"'
+    )
     assert status["reconnects_by_cause"] == {"auth": 5}
     assert not h.q.pending
     stats = await emulator_stats(firehose)

@@ -137,6 +137,8 @@ class HTTPStatusError(Exception):
         if secrets is not None:
             text = secrets.mask(text)
         excerpt = " ".join(text[:200].split())
+        #: The body's first 200 characters on one line, secrets masked.
+        self.excerpt = excerpt
         message = f"{method} {url} answered HTTP {code} {phrase}".rstrip()
         super().__init__(f"{message}: {excerpt}" if excerpt else message)
 
@@ -730,7 +732,11 @@ class Hunter:
                 cause=None if error is None or status else one_line(error),
                 lived=self._stream_lived,
             )
-            self.stats.last_error = self.secrets.mask(decision.reason)
+            reason = decision.reason
+            if isinstance(error, HTTPStatusError) and error.excerpt:
+                # The server's own words: etcd says why a watch is refused.
+                reason = f"{reason}; the server said: {error.excerpt}"
+            self.stats.last_error = self.secrets.mask(reason)
             log.info(
                 "tidehunter: {url}: {reason}",
                 url=public_url(self.url),
