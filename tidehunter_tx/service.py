@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from ._client import MAX_HEADER_BYTES
 from ._reactor import global_reactor
+from ._secrets import url_secrets
 from .auth import AuthError, signer_from_env
 from .control import (
     MAX_CONTROL_CONNECTIONS,
@@ -46,6 +47,7 @@ from .redis import (
     RedisStateCounter,
     connect,
     parse_redis_spec,
+    redis_password,
 )
 from .sinks import FileSink, PipeClosed, PipeSink
 
@@ -158,7 +160,8 @@ class Options(usage.Options):
         "TIDEHUNTER_OAUTH1_CONSUMER_SECRET, TIDEHUNTER_OAUTH1_TOKEN_KEY and "
         "TIDEHUNTER_OAUTH1_TOKEN_SECRET (OAuth1 signing, with the oauth extra); "
         "only one kind at a time. TIDEHUNTER_REDIS_PASSWORD is the password for "
-        "a redis:// --sink or --counter that names none."
+        "a redis:// --sink or --counter that names none. TIDEHUNTER_URL is the "
+        "stream when --url is not given (for a URL whose query holds a key)."
     )
 
     optFlags: ClassVar[list[list[Any]]] = [
@@ -277,8 +280,12 @@ class Options(usage.Options):
         self["headers"].append((name.strip(), content.strip()))
 
     def postOptions(self) -> None:
+        #: Whether the URL was on the command line, where ps shows it.
+        self["url-on-argv"] = bool(self["url"])
         if not self["url"]:
-            raise usage.UsageError("--url is required")
+            self["url"] = os.environ.get("TIDEHUNTER_URL") or None
+        if not self["url"]:
+            raise usage.UsageError("--url (or TIDEHUNTER_URL) is required")
         try:
             _ = urlsplit(self["url"]).port  # raises for a port out of range
         except ValueError:
@@ -562,6 +569,13 @@ def makeService(options: Options) -> IService:
         # A Redis sink with the count kept here: no counter key in Redis.
         gate = RedisGate(StateCounter(), connection=connect(target), target=target)
 
+    if options["url-on-argv"] and url_secrets(options["url"]):
+        log.warn(
+            "tidehunter: --url holds credentials (a password or query values), "
+            "and every user of this machine can read the command line (ps): "
+            "give user:password in TIDEHUNTER_BASIC_AUTH and the URL in "
+            "TIDEHUNTER_URL instead"
+        )
     headers: dict[str | bytes, list[str | bytes]] = {}
     for name, value in options["headers"]:
         headers.setdefault(name, []).append(value)
@@ -585,6 +599,10 @@ def makeService(options: Options) -> IService:
         ca_file=options["ca-file"],
         signer=options["signer"],
         reactor=reactor,
+    )
+    # Redis passwords are the daemon's secrets too: masked in what it says.
+    hunter.secrets.update(
+        redis_password(spec) for spec in (target, counter_spec) if spec is not None
     )
     if isinstance(local_sink, PipeSink):
         # The reader went away (`| head -3`, a crash): end the run, exit 1.
