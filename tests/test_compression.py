@@ -150,3 +150,14 @@ def test_the_daemon_with_compression_identity_never_asks_for_gzip(
     daemons.append(daemon)
     assert daemon.wait(timeout=30) == 0, daemon.output()
     assert buffering.asked == ["identity"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_auto_falls_back_against_the_emulators_buffering_gzip(
+    firehose: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tidehunter_tx.hunter, "STARVED_GZIP_SECONDS", 0.3)
+    h = Hunter(f"{firehose}/firehose?count=10&size=60&rate=10&gzip=1&gzip_buffer=1")
+    await h.tide_on(limit=10)
+    assert [json.loads(r)["id"] for r in h.q.pending] == list(range(10))  # type: ignore[attr-defined]
+    assert h.status()["reconnects_by_cause"] == {"compression": 1}

@@ -212,3 +212,13 @@ def test_the_daemon_sends_no_header_to_another_origin(
     assert daemon.wait(timeout=20) == 0, daemon.output()
     assert "X-Api-Key" not in json.loads(out.read_bytes())["headers"]
     assert "another origin" in daemon.output()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_emulators_redirect_chain_is_followed(
+    firehose: str, logged: list[str]
+) -> None:
+    h = Hunter(f"{firehose}/redirect/3?to=/stream/2")
+    await h.tide_on(limit=2)
+    assert len(h.q.pending) == 2  # type: ignore[attr-defined]
+    assert len([line for line in logged if "HTTP 302 redirect from" in line]) == 3

@@ -9,6 +9,8 @@ Endpoints:
   of three wire formats, with faults on request (see below).
 - ``GET /status/CODE``: an error status with a JSON-lines body, to catch clients
   that treat error bodies as records.
+- ``GET /redirect/N?to=PATH``: ``302`` to ``/redirect/N-1`` ... then to PATH
+  (default ``/stream/1``, on this server): a redirect chain.
 - ``GET /stats``: counters that prove what the emulator did, e.g. that its
   writes stalled when a client stopped reading, or which ``Last-Event-ID`` each
   reconnect carried.
@@ -31,6 +33,11 @@ out of range or an option that needs another one missing is a 400):
     write; a keep-alive after this much silence (rate mode only).
 ``gzip=1``
     ``Content-Encoding: gzip``, a sync flush after every write.
+``gzip_buffer=1``
+    (with ``gzip``) no sync flush: the compressor buffers as express's
+    ``compression`` does (pouchdb-server), so a slow stream sends the 10-byte
+    gzip header and then nothing a client can decode for a long time; and,
+    like it, compresses only for a client whose ``Accept-Encoding`` has gzip.
 ``crlf=1``
     ``\\r\\n`` line ends (``lines`` and ``sse`` formats).
 ``format=lines|sse|length``
@@ -100,6 +107,7 @@ import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, cast
+from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -477,6 +485,7 @@ class RecordStreamProducer:
         chunk: int = DEFAULT_CHUNK,
         keepalive: float = 0.0,
         gzip: bool = False,
+        gzip_buffer: bool = False,
         preamble: bytes = b"",
         faults: Sequence[tuple[int, Fault]] = (),
         connection: RawConnection | None = None,
@@ -499,6 +508,7 @@ class RecordStreamProducer:
         self._compressor = (
             zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS) if gzip else None
         )
+        self._sync_flush = not gzip_buffer
         record_bytes = max(1, encoder.record_bytes)
         self._batch = max(1, BATCH_BYTES // record_bytes)
         self._pump_records = max(1, MAX_PUMP_BYTES // record_bytes)
@@ -623,9 +633,9 @@ class RecordStreamProducer:
         self._wrote = True
         if self._compressor is not None:
             # A sync flush per write lets the client decode as data arrives.
-            data = self._compressor.compress(data) + self._compressor.flush(
-                zlib.Z_SYNC_FLUSH
-            )
+            data = self._compressor.compress(data)
+            if self._sync_flush:
+                data += self._compressor.flush(zlib.Z_SYNC_FLUSH)
         self._request.write(data)
 
     def _top_up(self, now: float) -> bool:
@@ -858,6 +868,7 @@ class FirehoseOptions:
     keepalive: float = 0.0
     crlf: bool = False
     gzip: bool = False
+    gzip_buffer: bool = False
     format: str = "lines"
     retry: int | None = None
     drop_after: int | None = None
@@ -881,6 +892,7 @@ class FirehoseOptions:
             b"keepalive",
             b"crlf",
             b"gzip",
+            b"gzip_buffer",
             b"format",
             b"retry",
             b"drop_after",
@@ -925,6 +937,7 @@ class FirehoseOptions:
             keepalive=_float_option(args, b"keepalive", 0.0),
             crlf=_bool_option(args, b"crlf", False),
             gzip=_bool_option(args, b"gzip", False),
+            gzip_buffer=_bool_option(args, b"gzip_buffer", False),
             format=wire,
             retry=_optional_int(args, b"retry"),
             drop_after=_optional_int(args, b"drop_after"),
@@ -944,6 +957,7 @@ class FirehoseOptions:
     def _check_combinations(self) -> None:
         needs = [
             (self.retry is not None, self.format == "sse", "retry needs format=sse"),
+            (self.gzip_buffer, self.gzip, "gzip_buffer needs gzip=1"),
             (self.crlf, self.format != "length", "crlf does not apply to length"),
             (
                 self.bad_length_after is not None,
@@ -1063,9 +1077,14 @@ class FirehoseResource(_Resource):
         if _leaf_path(request):
             return _plain(request, 404, "no such resource")
         try:
-            return FirehoseOptions.from_args(request.args or {})
+            options = FirehoseOptions.from_args(request.args or {})
         except OptionError as e:
             return _plain(request, 400, f"bad request: {e}")
+        accepted = request.getHeader(b"accept-encoding") or b""
+        if options.gzip_buffer and b"gzip" not in accepted.lower():
+            # As express does: compression only for a client that asks.
+            options = dataclasses.replace(options, gzip=False, gzip_buffer=False)
+        return options
 
     def _set_stream_headers(self, request: Request, options: FirehoseOptions) -> None:
         _set_header(request, b"content-type", options.content_type)
@@ -1116,6 +1135,7 @@ class FirehoseResource(_Resource):
             chunk=options.chunk,
             keepalive=options.keepalive,
             gzip=options.gzip,
+            gzip_buffer=options.gzip_buffer,
             preamble=preamble,
             faults=options.faults(first_id) if faulty else (),
             connection=_RequestConnection(request),
@@ -1238,6 +1258,26 @@ class StatusResource(_Resource):
         return _error_answer(request, code, lines=lines)
 
 
+class RedirectResource(_Resource):
+    """``GET /redirect/N?to=PATH``: N redirects on this server, then to PATH."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        path = _leaf_path(request)
+        raw = path[0] if len(path) == 1 else b""
+        if not re.fullmatch(rb"[0-9]{1,3}", raw):
+            return _plain(request, 404, "use /redirect/N?to=PATH")
+        hops = int(raw)
+        target = _single(request.args or {}, b"to") or b"/stream/1"
+        if not target.startswith(b"/"):
+            return _plain(request, 400, "bad request: to must be a path")
+        query = b"?to=" + quote(target, safe="").encode("ascii")
+        location = b"/redirect/%d%s" % (hops - 1, query) if hops > 1 else target
+        _set_header(request, b"location", location)
+        return _plain(request, 302, f"redirect to {location.decode('latin-1')}")
+
+
 class StatsResource(_Resource):
     """``GET /stats``: the site's counters as one JSON object."""
 
@@ -1260,8 +1300,9 @@ GET /firehose?count=&size=&start=&rate=&chunk=&keepalive=&crlf=1&gzip=1
     &format=lines|sse|length&retry=MS (sse; Last-Event-ID resumes)
     faults: &drop_after=N&drop_mid=1 &drop_every=N &stall_after=N&stall_for=S
     &malformed=1 (with a drop) &bad_length_after=N &status=CODE&retry_after=S
-    &fail_times=K (faults for the first K requests only)
+    &fail_times=K (faults for the first K requests only) &gzip_buffer=1
 GET /status/CODE?lines=N
+GET /redirect/N?to=PATH
 GET /stats"""
 
 
@@ -1275,6 +1316,7 @@ class FirehoseRoot(_Resource):
             b"stream": StreamResource(self.stats, clock),
             b"firehose": FirehoseResource(self.stats, clock),
             b"status": StatusResource(),
+            b"redirect": RedirectResource(),
             b"stats": StatsResource(self.stats),
         }
 
