@@ -11,6 +11,9 @@ Endpoints:
   that treat error bodies as records.
 - ``GET /redirect/N?to=PATH``: ``302`` to ``/redirect/N-1`` ... then to PATH
   (default ``/stream/1``, on this server): a redirect chain.
+- ``GET /api/v1/pods?watch=true``: a Kubernetes watch over a history of pod
+  events with resourceVersions 1, 2, 3 ... that resumes from ``resourceVersion``
+  (see below).
 - ``GET /stats``: counters that prove what the emulator did, e.g. that its
   writes stalled when a client stopped reading, or which ``Last-Event-ID`` each
   reconnect carried.
@@ -90,10 +93,51 @@ Faults.  Every ``*_after=N`` counts records of *this response*:
     and query (counted per emulator); later ones stream normally, so "fail
     twice, then succeed" is ``status=503&fail_times=2``.  Default: every request.
 
+Kubernetes watch: ``GET /api/v1/pods?watch=true`` (or
+``/api/v1/namespaces/NS/pods``; ``watch=1`` too).  Each event is one JSON line,
+``{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":
+"pod-K","namespace":"default","resourceVersion":"RV"},"seq":RV}}``, in a
+chunked ``application/json`` 200; RV counts 1, 2, 3 ..., pod ``K`` is
+``(RV-1) % objects + 1``, ``ADDED`` the first time a name appears, then
+``MODIFIED``.  Options, as strict as ``/firehose``'s:
+
+``resourceVersion=RV``
+    send the events after RV; absent, empty or 0: from the oldest event kept
+    (every event, as a relist would see them).
+``allowWatchBookmarks=true``, ``bookmark_every=N``
+    both: after every N events of this response, a ``BOOKMARK`` line carrying
+    the last event's RV (annotated ``k8s.io/initial-events-end``).  A client
+    that does not allow bookmarks gets none.
+``objects=N``
+    pods the events cycle over (default 10).
+``count=N``, ``rate=PER_SECOND``
+    events in the history, after the last one the body ends cleanly (as a
+    watch's timeout ends it; a resume at or past the end gets an empty body);
+    0 (default): endless.  Events per second, as for ``/firehose``.
+``compacted=RV``
+    events up to RV are gone: a ``resourceVersion`` X with 0 < X < RV gets
+    one in-stream ``ERROR`` line holding the ``Status`` ``code: 410``,
+    ``reason: Expired``, ``message: too old resource version: X (RV)``, and
+    the body ends cleanly (``faults["expired"]``); without a resourceVersion
+    the watch starts at RV+1.
+``drop_every=N``
+    drop the connection (as ``/firehose``'s drop) each time the stream reaches
+    an RV that is a multiple of N, so a client that resumes from the last RV
+    it saw sees a drop every N events; ``count`` wins at the same position.
+``error_after=N``
+    after N events of this response, an in-stream ``ERROR`` line (``Status``
+    ``code: 500``, ``reason: InternalError``), then the stream goes on
+    (``faults["error"]``).
+``fail_times=K``
+    ``drop_every`` and ``error_after`` apply to the first K requests with this
+    exact path and query only, as for ``/firehose``.
+
 ``/stats`` adds, per ``/firehose`` GET in arrival order (aligned lists, the
 last 10,000 kept): ``request_times`` (the emulator clock's seconds) and
 ``last_event_ids`` (the ``Last-Event-ID`` header as sent, ``null`` when
-absent); and ``faults``, how many of each fault were carried out.
+absent); and ``faults``, how many of each fault were carried out.  Once the
+first watch came, ``resource_versions``: per watch GET in arrival order (the
+last 10,000), its ``resourceVersion`` as sent, ``null`` when absent.
 """
 
 from __future__ import annotations
@@ -150,6 +194,9 @@ __all__ = [
     "StatsResource",
     "StatusResource",
     "StreamResource",
+    "WatchEventEncoder",
+    "WatchOptions",
+    "WatchResource",
     "main",
     "make_site",
 ]
@@ -207,8 +254,14 @@ class FirehoseStats:
     #: its ``Last-Event-ID`` header (None when absent).  Aligned by index.
     request_times: list[float] = dataclasses.field(default_factory=list)
     last_event_ids: list[str | None] = dataclasses.field(default_factory=list)
-    #: Faults carried out, by kind: status, drop, stall, malformed, bad_length.
+    #: Faults carried out, by kind: status, drop, stall, malformed, bad_length,
+    #: error (a watch's in-stream ERROR), expired (a watch's in-stream 410).
     faults: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Per watch GET, oldest first: its ``resourceVersion`` as sent (None when
+    #: absent).  Left out of ``/stats`` until the first watch.
+    resource_versions: list[str | None] = dataclasses.field(
+        default_factory=list, metadata={"omit_empty": True}
+    )
 
     def note_request(self, when: float, last_event_id: str | None) -> None:
         """Log one ``/firehose`` GET, keeping the newest ``MAX_REQUEST_LOG``."""
@@ -222,9 +275,25 @@ class FirehoseStats:
     def note_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
 
+    @staticmethod
+    def _note(values: list[str | None], value: str | None) -> None:
+        """Append to a per-request list, keeping the newest ``MAX_REQUEST_LOG``."""
+        values.append(value)
+        excess = len(values) - MAX_REQUEST_LOG
+        if excess > 0:
+            del values[:excess]
+
+    def note_watch(self, resource_version: str | None) -> None:
+        """Log one watch GET's ``resourceVersion``."""
+        self._note(self.resource_versions, resource_version)
+
     def to_json(self) -> bytes:
-        """Serialise for ``GET /stats``."""
-        return json.dumps(dataclasses.asdict(self)).encode("ascii") + b"\n"
+        """Serialise for ``GET /stats``; a mode's lists only once it was used."""
+        data = dataclasses.asdict(self)
+        for field in dataclasses.fields(self):
+            if field.metadata.get("omit_empty") and not data[field.name]:
+                del data[field.name]
+        return json.dumps(data).encode("ascii") + b"\n"
 
 
 class RecordEncoder(Protocol):
@@ -427,10 +496,14 @@ class Drop:
 
 @dataclasses.dataclass(frozen=True)
 class Inject:
-    """Splice bytes into the body (before gzip), then carry on."""
+    """Splice bytes into the body (before gzip), then carry on.
+
+    ``kind`` names the fault in ``/stats``: a bad length line by default, an
+    in-stream watch ``ERROR`` for ``error_after``.
+    """
 
     data: bytes = BAD_LENGTH_LINE
-    kind: ClassVar[str] = "bad_length"
+    kind: str = "bad_length"
 
 
 Fault = Stall | Drop | Inject
@@ -793,6 +866,15 @@ def _single(args: Mapping[bytes, Sequence[bytes]], name: bytes) -> bytes | None:
     return values[0]
 
 
+def _reject_unknown(
+    args: Mapping[bytes, Sequence[bytes]], names: frozenset[bytes]
+) -> None:
+    unknown = sorted(name for name in args if name not in names)
+    if unknown:
+        shown = unknown[0].decode("utf-8", "replace")
+        raise OptionError(f"unknown option {shown!r}")
+
+
 def _int_option(
     args: Mapping[bytes, Sequence[bytes]],
     name: bytes,
@@ -917,10 +999,7 @@ class FirehoseOptions:
         (``retry`` without ``format=sse``, ``stall_for`` without
         ``stall_after``, ``fail_times`` without a fault, ...).
         """
-        unknown = sorted(name for name in args if name not in cls.NAMES)
-        if unknown:
-            shown = unknown[0].decode("utf-8", "replace")
-            raise OptionError(f"unknown option {shown!r}")
+        _reject_unknown(args, cls.NAMES)
         raw_format = _single(args, b"format")
         wire = "lines" if raw_format is None else raw_format.decode("latin-1")
         if wire not in FORMATS:
@@ -1061,6 +1140,19 @@ class _Resource(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
 
 
+class _Tries:
+    """Requests seen per path and query, for ``fail_times``."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, int] = {}
+
+    def faulty(self, request: Request, fail_times: int | None) -> bool:
+        """Count this request; True if its faults apply (the first K only)."""
+        uri = request.uri or b""
+        tries = self._seen[uri] = self._seen.get(uri, 0) + 1
+        return fail_times is None or tries <= fail_times
+
+
 class FirehoseResource(_Resource):
     """``GET /firehose``: sized, numbered records under flow control, and faults."""
 
@@ -1070,8 +1162,7 @@ class FirehoseResource(_Resource):
         super().__init__()
         self._stats = stats
         self._clock = clock
-        # Requests seen per path and query, for fail_times.
-        self._tries: dict[bytes, int] = {}
+        self._tries = _Tries()
 
     def _options(self, request: Request) -> FirehoseOptions | bytes:
         if _leaf_path(request):
@@ -1106,9 +1197,7 @@ class FirehoseResource(_Resource):
             if not _INT.fullmatch(last_id.encode("latin-1")) or len(last_id) > 18:
                 return _plain(request, 400, "bad request: bad Last-Event-ID")
             first_id = max(first_id, int(last_id) + 1)
-        uri = request.uri or b""
-        tries = self._tries[uri] = self._tries.get(uri, 0) + 1
-        faulty = options.fail_times is None or tries <= options.fail_times
+        faulty = self._tries.faulty(request, options.fail_times)
         if faulty and options.status is not None:
             self._stats.note_fault("status")
             return _error_answer(request, options.status, options.retry_after)
@@ -1149,6 +1238,252 @@ class FirehoseResource(_Resource):
             return options
         self._set_stream_headers(request, options)
         return b""
+
+
+# --- Kubernetes watch -------------------------------------------------------
+
+DEFAULT_WATCH_OBJECTS = 10
+_DNS_LABEL = re.compile(rb"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _compact_json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def watch_status_event(code: int, reason: str, message: str) -> bytes:
+    """An in-stream watch ``ERROR`` event carrying a ``Status``, one line."""
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    return _compact_json({"type": "ERROR", "object": status}) + b"\n"
+
+
+class WatchEventEncoder:
+    """Kubernetes watch events for resourceVersions ``first_id ..``, one per line.
+
+    Event ``RV`` is about pod ``pod-K``, ``K = (RV - 1) % objects + 1``:
+    ``ADDED`` for the first ``objects`` versions, ``MODIFIED`` after.  With
+    ``bookmark_every``, a ``BOOKMARK`` carrying the last event's RV follows
+    every N events counted from ``first_rv`` (the response's first event).
+    """
+
+    def __init__(
+        self,
+        objects: int = DEFAULT_WATCH_OBJECTS,
+        namespace: str = "default",
+        bookmark_every: int | None = None,
+        first_rv: int = 1,
+    ) -> None:
+        if objects < 1:
+            raise ValueError("objects must be >= 1")
+        self._objects = objects
+        self._bookmark_every = bookmark_every
+        self._first_rv = first_rv
+        ns = _compact_json(namespace).replace(b"%", b"%%")
+        self._template = (
+            b'{"type":"%s","object":{"kind":"Pod","apiVersion":"v1",'
+            b'"metadata":{"name":"pod-%d","namespace":' + ns + b","
+            b'"resourceVersion":"%d"},"seq":%d}}\n'
+        )
+        self.record_bytes = len(self._template) + 24
+        self.keepalive = b"\n"
+
+    @staticmethod
+    def bookmark(rv: int) -> bytes:
+        return (
+            b'{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1",'
+            b'"metadata":{"resourceVersion":"%d","annotations":'
+            b'{"k8s.io/initial-events-end":"true"}}}}\n' % rv
+        )
+
+    def encode(self, first_id: int, count: int) -> bytes:
+        objects, template = self._objects, self._template
+        every, base = self._bookmark_every, self._first_rv
+        parts: list[bytes] = []
+        for rv in range(first_id, first_id + count):
+            kind = b"ADDED" if rv <= objects else b"MODIFIED"
+            parts.append(template % (kind, (rv - 1) % objects + 1, rv, rv))
+            if every is not None and (rv - base + 1) % every == 0:
+                parts.append(self.bookmark(rv))
+        return b"".join(parts)
+
+
+def _stream_position_drop(every: int, first: int) -> tuple[int, Fault]:
+    """``drop_every`` for a history numbered from 1 that resumes at ``first``."""
+    return every - (first - 1) % every, Drop()
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchOptions:
+    """The query of ``GET /api/v1/pods?watch=true``; see :meth:`from_args`."""
+
+    resource_version: int = 0
+    allow_bookmarks: bool = False
+    objects: int = DEFAULT_WATCH_OBJECTS
+    count: int = 0
+    rate: float = 0.0
+    drop_every: int | None = None
+    bookmark_every: int | None = None
+    compacted: int = 0
+    error_after: int | None = None
+    fail_times: int | None = None
+
+    NAMES = frozenset(
+        [
+            b"watch",
+            b"resourceVersion",
+            b"allowWatchBookmarks",
+            b"objects",
+            b"count",
+            b"rate",
+            b"drop_every",
+            b"bookmark_every",
+            b"compacted",
+            b"error_after",
+            b"fail_times",
+        ]
+    )
+
+    @classmethod
+    def from_args(cls, args: Mapping[bytes, Sequence[bytes]]) -> WatchOptions:
+        """Parse strictly, as :meth:`FirehoseOptions.from_args` does."""
+        _reject_unknown(args, cls.NAMES)
+        if not _bool_option(args, b"watch", False):
+            raise OptionError("watch must be true: only watches are emulated")
+        raw_rv = _single(args, b"resourceVersion") or b"0"
+        if not _INT.fullmatch(raw_rv) or len(raw_rv) > 18:
+            raise OptionError("resourceVersion must be a decimal resourceVersion")
+        options = cls(
+            resource_version=int(raw_rv),
+            allow_bookmarks=_bool_option(args, b"allowWatchBookmarks", False),
+            objects=_int_option(args, b"objects", DEFAULT_WATCH_OBJECTS, low=1),
+            count=_int_option(args, b"count", 0),
+            rate=_float_option(args, b"rate", 0.0),
+            drop_every=_optional_int(args, b"drop_every", low=1),
+            bookmark_every=_optional_int(args, b"bookmark_every", low=1),
+            compacted=_int_option(args, b"compacted", 0),
+            error_after=_optional_int(args, b"error_after"),
+            fail_times=_optional_int(args, b"fail_times"),
+        )
+        if options.fail_times is not None and not (
+            options.drop_every is not None or options.error_after is not None
+        ):
+            raise OptionError("fail_times needs drop_every or error_after")
+        return options
+
+    @property
+    def first_rv(self) -> int:
+        """The first event sent: after ``resourceVersion``, or the oldest kept."""
+        return max(self.resource_version, self.compacted) + 1
+
+    @property
+    def expired(self) -> bool:
+        """``resourceVersion`` asks for events that compaction removed."""
+        return 0 < self.resource_version < self.compacted
+
+    def faults(self, first_rv: int) -> list[tuple[int, Fault]]:
+        faults: list[tuple[int, Fault]] = []
+        if self.drop_every is not None:
+            faults.append(_stream_position_drop(self.drop_every, first_rv))
+        if self.error_after is not None:
+            message = f"emulated internal error (error_after={self.error_after})"
+            error = watch_status_event(500, "InternalError", message)
+            faults.append((self.error_after, Inject(error, "error")))
+        return faults
+
+
+def _watch_namespace(request: Request) -> str | None:
+    """``default`` for ``/api/v1/pods``, NS for ``/api/v1/namespaces/NS/pods``."""
+    path = _leaf_path(request)
+    if path == [b"v1", b"pods"]:
+        return "default"
+    namespaced = len(path) == 4 and path[:2] == [b"v1", b"namespaces"]
+    if namespaced and path[3] == b"pods" and _DNS_LABEL.fullmatch(path[2]):
+        return path[2].decode("ascii")
+    return None
+
+
+class WatchResource(_Resource):
+    """``GET /api/v1/pods?watch=true``: a Kubernetes watch over a numbered history."""
+
+    isLeaf = True
+
+    def __init__(self, stats: FirehoseStats, clock: IReactorTime) -> None:
+        super().__init__()
+        self._stats = stats
+        self._clock = clock
+        self._tries = _Tries()
+
+    def _options(self, request: Request) -> tuple[WatchOptions, str] | bytes:
+        namespace = _watch_namespace(request)
+        if namespace is None:
+            return _plain(request, 404, "use /api/v1/pods?watch=true")
+        try:
+            options = WatchOptions.from_args(request.args or {})
+        except OptionError as e:
+            return _plain(request, 400, f"bad request: {e}")
+        _set_header(request, b"content-type", b"application/json")
+        return options, namespace
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """Stream the events after ``resourceVersion``, or one in-stream 410."""
+        raw = _single_raw(request, b"resourceVersion")
+        if _watch_namespace(request) is not None:
+            self._stats.note_watch(raw)
+        parsed = self._options(request)
+        if isinstance(parsed, bytes):
+            return parsed
+        options, namespace = parsed
+        first = options.first_rv
+        preamble = b""
+        limit: int | None = None
+        faults: list[tuple[int, Fault]] = []
+        if options.expired:
+            # What an apiserver says once etcd compacted the asked-for version.
+            message = (
+                f"too old resource version: {options.resource_version}"
+                f" ({options.compacted})"
+            )
+            preamble = watch_status_event(410, "Expired", message)
+            limit = 0
+            self._stats.note_fault("expired")
+        else:
+            if options.count:
+                limit = max(0, options.count - first + 1)
+            if self._tries.faulty(request, options.fail_times):
+                faults = options.faults(first)
+        bookmark_every = options.bookmark_every if options.allow_bookmarks else None
+        encoder = WatchEventEncoder(options.objects, namespace, bookmark_every, first)
+        RecordStreamProducer(
+            request,
+            encoder,
+            self._stats,
+            self._clock,
+            first_id=first,
+            limit=limit,
+            rate=options.rate,
+            preamble=preamble,
+            faults=faults,
+            connection=_RequestConnection(request),
+        ).start()
+        return NOT_DONE_YET
+
+    def render_HEAD(self, request: Request) -> bytes:
+        """Headers only."""
+        parsed = self._options(request)
+        return parsed if isinstance(parsed, bytes) else b""
+
+
+def _single_raw(request: Request, name: bytes) -> str | None:
+    """A query value as sent, for ``/stats`` (the first one if repeated)."""
+    values = (request.args or {}).get(name)
+    return values[0].decode("latin-1") if values else None
 
 
 def _echo_args(request: Request) -> dict[str, str | list[str]]:
@@ -1301,6 +1636,9 @@ GET /firehose?count=&size=&start=&rate=&chunk=&keepalive=&crlf=1&gzip=1
     faults: &drop_after=N&drop_mid=1 &drop_every=N &stall_after=N&stall_for=S
     &malformed=1 (with a drop) &bad_length_after=N &status=CODE&retry_after=S
     &fail_times=K (faults for the first K requests only) &gzip_buffer=1
+GET /api/v1/pods?watch=true&resourceVersion=RV&allowWatchBookmarks=true
+    &bookmark_every=N&objects=N&count=&rate=&compacted=RV&drop_every=N
+    &error_after=N&fail_times=K
 GET /status/CODE?lines=N
 GET /redirect/N?to=PATH
 GET /stats"""
@@ -1317,6 +1655,7 @@ class FirehoseRoot(_Resource):
             b"firehose": FirehoseResource(self.stats, clock),
             b"status": StatusResource(),
             b"redirect": RedirectResource(),
+            b"api": WatchResource(self.stats, clock),
             b"stats": StatsResource(self.stats),
         }
 
