@@ -365,3 +365,212 @@ async def test_a_client_that_stops_reading_stalls_the_endless_watch(
 ) -> None:
     base, _ = emulator
     await stalls_when_not_read(base, WATCH)
+
+
+# --- CouchDB continuous changes -------------------------------------------------
+
+CHANGES = "/mydb/_changes?feed=continuous"
+
+
+def seq_number(seq: int | str) -> int:
+    """The change number in a seq: the integer, or a string's leading one."""
+    return seq if isinstance(seq, int) else int(seq.split("-", 1)[0])
+
+
+def rows_of(lines: list[Any]) -> list[Any]:
+    return [line for line in lines if "changes" in line]
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_sends_one_row_per_change_then_last_seq(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    code, headers, _ = await fetch(base + CHANGES + "&count=1")
+    assert code == 200
+    assert headers.getRawHeaders(b"content-type") == [b"application/json"]
+    lines, ended = await lines_of(base, CHANGES + "&count=5")
+    assert ended
+    rows, last = lines[:-1], lines[-1]
+    assert [list(row) for row in rows] == [["seq", "id", "changes"]] * 5
+    assert [row["id"] for row in rows] == [f"doc-{n}" for n in range(1, 6)]
+    assert [seq_number(row["seq"]) for row in rows] == [1, 2, 3, 4, 5]
+    for row in rows:
+        # CouchDB 2+ seqs: opaque strings that start with the change number.
+        assert isinstance(row["seq"], str) and row["seq"].startswith(
+            f"{row['id'][4:]}-"
+        )
+        [change] = row["changes"]
+        assert list(change) == ["rev"] and change["rev"].startswith("1-")
+        assert len(change["rev"]) == 34 and int(change["rev"][2:], 16) >= 0
+    assert len({row["seq"] for row in rows}) == 5
+    assert last == {"last_seq": rows[-1]["seq"], "pending": 0}
+    assert site.stats.records_written == 1 + 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_seq_number_gives_pouchdb_style_integer_seqs(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    lines, ended = await lines_of(base, CHANGES + "&count=3&seq=number")
+    assert ended
+    assert [line.get("seq") for line in lines[:-1]] == [1, 2, 3]
+    assert lines[-1] == {"last_seq": 3, "pending": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_since_a_seq_it_gave_sends_exactly_the_later_changes(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    everything, _ = await lines_of(base, CHANGES + "&count=12")
+    seq_of_7 = everything[6]["seq"]
+    lines, ended = await lines_of(base, CHANGES + "&count=12&since=" + seq_of_7)
+    assert ended and lines == everything[7:]
+    # A number works as well, and since=0 is the whole history.
+    assert (await lines_of(base, CHANGES + "&count=12&since=7"))[0] == everything[7:]
+    assert (await lines_of(base, CHANGES + "&count=12&since=0"))[0] == everything
+    # Resumed at the end: only last_seq, as CouchDB's timeout would say.
+    last = everything[-1]
+    assert await lines_of(base, CHANGES + "&count=12&since=" + last["last_seq"]) == (
+        [last],
+        True,
+    )
+    lines, _ = await lines_of(base, CHANGES + "&count=3&seq=number&since=2")
+    assert [line.get("seq") for line in lines] == [3, None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_since_now_starts_after_the_last_change(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    lines, ended = await lines_of(base, CHANGES + "&count=8&since=now&seq=number")
+    assert (lines, ended) == ([{"last_seq": 8, "pending": 0}], True)
+    # An endless history has no end yet: now is its start (drop_every ends it).
+    lines, ended = await lines_of(base, CHANGES + "&since=now&drop_every=3")
+    assert ([seq_number(row["seq"]) for row in lines], ended) == ([1, 2, 3], False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_heartbeat_writes_blank_lines_in_the_silence(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    started = time.monotonic()
+    _, body = await raw_get(base, CHANGES + "&count=2&rate=5&heartbeat=40")
+    payload, ended, _ = dechunk(body)
+    assert ended and time.monotonic() - started >= 0.15  # due at 0 and 200 ms
+    lines = payload.split(b"\n")
+    assert lines.pop() == b""
+    assert seq_number(json.loads(lines[0])["seq"]) == 1
+    # The first change, blank lines every 40 ms of silence, the second, last_seq.
+    assert lines[1:-2] == [b""] * (len(lines) - 3) and len(lines) - 3 >= 2
+    assert seq_number(json.loads(lines[-2])["seq"]) == 2
+    assert "last_seq" in json.loads(lines[-1])
+    # heartbeat=true is CouchDB's default minute: nothing in a fast stream.
+    fast, ended = await lines_of(base, CHANGES + "&count=2&heartbeat=true")
+    assert ended and len(fast) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_drop_every_drops_at_history_positions_across_resumes(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    target = CHANGES + "&count=25&drop_every=10&seq=number"
+
+    async def seqs(since: str | None) -> tuple[list[int], bool]:
+        lines, ended = await lines_of(
+            base, target + (f"&since={since}" if since else "")
+        )
+        return [line["seq"] for line in rows_of(lines)], ended
+
+    assert await seqs(None) == (list(range(1, 11)), False)
+    assert await seqs("10") == (list(range(11, 21)), False)
+    assert await seqs("14") == (list(range(15, 21)), False)
+    # The end of the history comes first: rows, last_seq, a clean end.
+    lines, ended = await lines_of(base, target + "&since=20")
+    assert ended and lines[-1] == {"last_seq": 25, "pending": 0}
+    assert [row["seq"] for row in rows_of(lines)] == list(range(21, 26))
+    # count wins over a drop at the same position, last_seq included.
+    lines, ended = await lines_of(base, CHANGES + "&count=20&drop_every=10&since=10")
+    assert ended and "last_seq" in lines[-1] and len(rows_of(lines)) == 10
+    assert site.stats.faults == {"drop": 3}
+    # fail_times: only the first request with this exact query is dropped.
+    once = CHANGES + "&count=6&drop_every=4&fail_times=1&seq=number"
+    lines, ended = await lines_of(base, once)
+    assert ([row["seq"] for row in lines], ended) == ([1, 2, 3, 4], False)
+    lines, ended = await lines_of(base, once)
+    assert (len(rows_of(lines)), ended) == (6, True)
+    assert site.stats.faults == {"drop": 4}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stats_lists_the_since_of_every_changes_feed(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    assert "since_values" not in await stats_of(base)  # until the first feed
+    await fetch(base + CHANGES + "&count=2")
+    await fetch(base + "/other/_changes?feed=continuous&count=2&since=1-g1AAAA")
+    await fetch(base + CHANGES + "&count=2&since=now")
+    await fetch(base + CHANGES + "&count=2&since=bogus")  # a 400, still logged
+    stats = await stats_of(base)
+    assert stats["since_values"] == [None, "1-g1AAAA", "now", "bogus"]
+    assert "resource_versions" not in stats
+
+
+@pytest.mark.parametrize(
+    ("query", "mentions"),
+    [
+        ("", "feed"),
+        ("feed=longpoll", "feed"),
+        ("feed=continuous&feed=continuous", "feed"),
+        ("feed=continuous&since=abc", "since"),
+        ("feed=continuous&since=-1", "since"),
+        ("feed=continuous&since=", "since"),
+        ("feed=continuous&since=3-", "since"),
+        ("feed=continuous&heartbeat=0", "heartbeat"),
+        ("feed=continuous&heartbeat=soon", "heartbeat"),
+        ("feed=continuous&seq=opaque", "seq"),
+        ("feed=continuous&count=-1", "count"),
+        ("feed=continuous&rate=x", "rate"),
+        ("feed=continuous&drop_every=0", "drop_every"),
+        ("feed=continuous&fail_times=1", "fail_times"),
+        ("feed=continuous&include_docs=true", "include_docs"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_changes_bad_option_answers_400_with_one_plain_line(
+    emulator: tuple[str, FirehoseSite], query: str, mentions: str
+) -> None:
+    base, site = emulator
+    code, headers, body = await fetch(base + "/mydb/_changes?" + query)
+    assert code == 400
+    assert headers.getRawHeaders(b"content-type")[0].startswith(b"text/plain")
+    assert body.endswith(b"\n") and body.count(b"\n") == 1
+    assert mentions.encode() in body
+    assert site.stats.active == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_of_a_watch_or_changes_feed_starts_no_stream(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, site = emulator
+    for target in (WATCH, CHANGES):
+        response = await treq.head(base + target, persistent=False)
+        assert response.code == 200
+        assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+        assert await treq.content(response) == b""
+    assert site.stats.active == 0 and site.stats.bytes_written == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_stalls_the_endless_changes_feed(
+    emulator: tuple[str, FirehoseSite],
+) -> None:
+    base, _ = emulator
+    await stalls_when_not_read(base, CHANGES + "&heartbeat=1000")

@@ -14,6 +14,8 @@ Endpoints:
 - ``GET /api/v1/pods?watch=true``: a Kubernetes watch over a history of pod
   events with resourceVersions 1, 2, 3 ... that resumes from ``resourceVersion``
   (see below).
+- ``GET /DB/_changes?feed=continuous``: a CouchDB continuous changes feed, for
+  any database name, that resumes from ``since`` (see below).
 - ``GET /stats``: counters that prove what the emulator did, e.g. that its
   writes stalled when a client stopped reading, or which ``Last-Event-ID`` each
   reconnect carried.
@@ -97,7 +99,8 @@ Kubernetes watch: ``GET /api/v1/pods?watch=true`` (or
 ``/api/v1/namespaces/NS/pods``; ``watch=1`` too).  Each event is one JSON line,
 ``{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":
 "pod-K","namespace":"default","resourceVersion":"RV"},"seq":RV}}``, in a
-chunked ``application/json`` 200; RV counts 1, 2, 3 ..., pod ``K`` is
+chunked ``application/json`` 200 (the namespace is NS on the namespaced
+path); RV counts 1, 2, 3 ..., pod ``K`` is
 ``(RV-1) % objects + 1``, ``ADDED`` the first time a name appears, then
 ``MODIFIED``.  Options, as strict as ``/firehose``'s:
 
@@ -132,12 +135,41 @@ chunked ``application/json`` 200; RV counts 1, 2, 3 ..., pod ``K`` is
     ``drop_every`` and ``error_after`` apply to the first K requests with this
     exact path and query only, as for ``/firehose``.
 
+CouchDB continuous changes: ``GET /DB/_changes?feed=continuous``, any DB (no
+other ``feed`` is emulated).  Change N (1, 2, 3 ...) is one line,
+``{"seq":SEQ,"id":"doc-N","changes":[{"rev":"1-<32 hex>"}]}``, in a chunked
+``application/json`` 200.  Options, as strict as ``/firehose``'s:
+
+``since=S``
+    start after change S: ``0`` (default), a seq as the feed gave it (``N``
+    or ``N-g1AAAA...``: its leading number counts), or ``now``: after the
+    last change of a ``count`` history (so only the ``last_seq`` line), and
+    for an endless one its start (as ``0``).
+``seq=string|number``
+    ``string`` (default): CouchDB 2+ opaque seqs ``"N-g1AAAAB0eJzLYWBg..."``;
+    ``number``: pouchdb-server's integers.
+``count=N``
+    changes in the history; after the last one a ``{"last_seq":SEQ,
+    "pending":0}`` line and the body ends cleanly, as CouchDB does when its
+    ``timeout`` passes (a resume at the end gets only that line); 0
+    (default): endless.
+``heartbeat=MS``
+    a blank line after MS milliseconds of silence (``true``: 60000); silence
+    only happens with ``rate``.
+``rate=PER_SECOND``, ``drop_every=N``, ``fail_times=K``
+    as for the watch: changes per second; a drop each time the stream
+    reaches a change number that is a multiple of N (``count`` and its
+    ``last_seq`` win at the same position); drops for the first K requests
+    with this exact path and query only.
+
 ``/stats`` adds, per ``/firehose`` GET in arrival order (aligned lists, the
 last 10,000 kept): ``request_times`` (the emulator clock's seconds) and
 ``last_event_ids`` (the ``Last-Event-ID`` header as sent, ``null`` when
 absent); and ``faults``, how many of each fault were carried out.  Once the
 first watch came, ``resource_versions``: per watch GET in arrival order (the
-last 10,000), its ``resourceVersion`` as sent, ``null`` when absent.
+last 10,000), its ``resourceVersion`` as sent, ``null`` when absent; and
+likewise, once the first changes feed came, ``since_values``: each ``_changes``
+GET's ``since``.
 """
 
 from __future__ import annotations
@@ -173,6 +205,9 @@ from zope.interface import implementer
 from ._reactor import global_reactor, or_global_reactor
 
 __all__ = [
+    "ChangesEncoder",
+    "ChangesOptions",
+    "ChangesResource",
     "Drop",
     "Fault",
     "FirehoseOptions",
@@ -262,6 +297,11 @@ class FirehoseStats:
     resource_versions: list[str | None] = dataclasses.field(
         default_factory=list, metadata={"omit_empty": True}
     )
+    #: Per ``_changes`` GET, oldest first: its ``since`` as sent (None when
+    #: absent).  Left out of ``/stats`` until the first changes feed.
+    since_values: list[str | None] = dataclasses.field(
+        default_factory=list, metadata={"omit_empty": True}
+    )
 
     def note_request(self, when: float, last_event_id: str | None) -> None:
         """Log one ``/firehose`` GET, keeping the newest ``MAX_REQUEST_LOG``."""
@@ -282,6 +322,10 @@ class FirehoseStats:
         excess = len(values) - MAX_REQUEST_LOG
         if excess > 0:
             del values[:excess]
+
+    def note_since(self, since: str | None) -> None:
+        """Log one ``_changes`` GET's ``since``."""
+        self._note(self.since_values, since)
 
     def note_watch(self, resource_version: str | None) -> None:
         """Log one watch GET's ``resourceVersion``."""
@@ -1480,6 +1524,184 @@ class WatchResource(_Resource):
         return parsed if isinstance(parsed, bytes) else b""
 
 
+# --- CouchDB continuous changes ---------------------------------------------------
+
+#: ``heartbeat=true`` means CouchDB's default, a minute.
+DEFAULT_HEARTBEAT_MS = 60_000
+_SINCE = re.compile(rb"([0-9]{1,18})(?:-[A-Za-z0-9_-]+)?")
+_REV_MULTIPLIER = 0x9E3779B97F4A7C15F39CC0605CEDC835
+_REV_MASK = (1 << 128) - 1
+
+
+class ChangesEncoder:
+    """CouchDB ``_changes`` rows for change numbers ``first_id ..``, one per line.
+
+    Change N is doc ``doc-N``'s first revision.  Its ``seq`` is the number N
+    (``numeric``, as pouchdb-server gives it) or an opaque CouchDB 2+ string
+    ``"N-g1AAAA..."``.  After change ``last`` comes the ``last_seq`` line.
+    """
+
+    def __init__(self, numeric: bool = False, last: int | None = None) -> None:
+        self._numeric = numeric
+        self._last = last
+        self.record_bytes = 110
+        self.keepalive = b"\n"
+
+    def seq(self, n: int) -> bytes:
+        """The JSON of change N's ``seq``."""
+        if self._numeric:
+            return b"%d" % n
+        return b'"%d-g1AAAAB0eJzLYWBg%08x"' % (n, (n * 2654435761) & 0xFFFFFFFF)
+
+    def last_seq_line(self, n: int) -> bytes:
+        return b'{"last_seq":%s,"pending":0}\n' % self.seq(n)
+
+    def encode(self, first_id: int, count: int) -> bytes:
+        parts: list[bytes] = []
+        for n in range(first_id, first_id + count):
+            rev = (n * _REV_MULTIPLIER) & _REV_MASK
+            parts.append(
+                b'{"seq":%s,"id":"doc-%d","changes":[{"rev":"1-%032x"}]}\n'
+                % (self.seq(n), n, rev)
+            )
+            if n == self._last:
+                parts.append(self.last_seq_line(n))
+        return b"".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangesOptions:
+    """The query of ``GET /DB/_changes?feed=continuous``; see :meth:`from_args`."""
+
+    since: int = 0
+    since_now: bool = False
+    heartbeat: float = 0.0
+    numeric: bool = False
+    count: int = 0
+    rate: float = 0.0
+    drop_every: int | None = None
+    fail_times: int | None = None
+
+    NAMES = frozenset(
+        [
+            b"feed",
+            b"since",
+            b"heartbeat",
+            b"seq",
+            b"count",
+            b"rate",
+            b"drop_every",
+            b"fail_times",
+        ]
+    )
+
+    @classmethod
+    def from_args(cls, args: Mapping[bytes, Sequence[bytes]]) -> ChangesOptions:
+        """Parse strictly, as :meth:`FirehoseOptions.from_args` does."""
+        _reject_unknown(args, cls.NAMES)
+        if _single(args, b"feed") != b"continuous":
+            raise OptionError("feed must be continuous: the only feed emulated")
+        raw_since = _single(args, b"since")
+        since, since_now = 0, raw_since == b"now"
+        if raw_since is not None and not since_now:
+            match = _SINCE.fullmatch(raw_since)
+            if match is None:
+                raise OptionError("since must be 0, now or a seq the feed gave")
+            since = int(match.group(1))
+        raw_heartbeat = _single(args, b"heartbeat")
+        if raw_heartbeat is not None and raw_heartbeat.lower() == b"true":
+            heartbeat_ms = DEFAULT_HEARTBEAT_MS
+        else:
+            heartbeat_ms = _int_option(args, b"heartbeat", 0, low=1)
+        raw_seq = _single(args, b"seq") or b"string"
+        if raw_seq not in (b"string", b"number"):
+            raise OptionError("seq must be string or number")
+        options = cls(
+            since=since,
+            since_now=since_now,
+            heartbeat=heartbeat_ms / 1000,
+            numeric=raw_seq == b"number",
+            count=_int_option(args, b"count", 0),
+            rate=_float_option(args, b"rate", 0.0),
+            drop_every=_optional_int(args, b"drop_every", low=1),
+            fail_times=_optional_int(args, b"fail_times"),
+        )
+        if options.fail_times is not None and options.drop_every is None:
+            raise OptionError("fail_times needs drop_every")
+        return options
+
+    @property
+    def after(self) -> int:
+        """The last change the client has: the feed starts with the next one.
+
+        ``since=now`` is the end of the history (``count``); an endless one
+        has no end, so there it is the start, as ``since=0``.
+        """
+        return self.count if self.since_now else self.since
+
+
+class ChangesResource(_Resource):
+    """``GET /DB/_changes?feed=continuous``: CouchDB's continuous changes feed."""
+
+    isLeaf = True
+
+    def __init__(self, stats: FirehoseStats, clock: IReactorTime) -> None:
+        super().__init__()
+        self._stats = stats
+        self._clock = clock
+        self._tries = _Tries()
+
+    def _options(self, request: Request) -> ChangesOptions | bytes:
+        if _leaf_path(request) != [b"_changes"]:
+            return _plain(request, 404, "use /DB/_changes?feed=continuous")
+        try:
+            options = ChangesOptions.from_args(request.args or {})
+        except OptionError as e:
+            return _plain(request, 400, f"bad request: {e}")
+        _set_header(request, b"content-type", b"application/json")
+        return options
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """Stream the changes after ``since``; with ``count``, end on last_seq."""
+        self._stats.note_since(_single_raw(request, b"since"))
+        options = self._options(request)
+        if isinstance(options, bytes):
+            return options
+        first = options.after + 1
+        limit: int | None = None
+        encoder = ChangesEncoder(options.numeric, options.count or None)
+        preamble = b""
+        if options.count:
+            limit = max(0, options.count - first + 1)
+            if not limit:
+                # Nothing newer: CouchDB's timeout answer, right away.
+                preamble = encoder.last_seq_line(options.count)
+        faults: list[tuple[int, Fault]] = []
+        if options.drop_every is not None and self._tries.faulty(
+            request, options.fail_times
+        ):
+            faults.append(_stream_position_drop(options.drop_every, first))
+        RecordStreamProducer(
+            request,
+            encoder,
+            self._stats,
+            self._clock,
+            first_id=first,
+            limit=limit,
+            rate=options.rate,
+            keepalive=options.heartbeat,
+            preamble=preamble,
+            faults=faults,
+            connection=_RequestConnection(request),
+        ).start()
+        return NOT_DONE_YET
+
+    def render_HEAD(self, request: Request) -> bytes:
+        """Headers only."""
+        options = self._options(request)
+        return options if isinstance(options, bytes) else b""
+
+
 def _single_raw(request: Request, name: bytes) -> str | None:
     """A query value as sent, for ``/stats`` (the first one if repeated)."""
     values = (request.args or {}).get(name)
@@ -1639,6 +1861,8 @@ GET /firehose?count=&size=&start=&rate=&chunk=&keepalive=&crlf=1&gzip=1
 GET /api/v1/pods?watch=true&resourceVersion=RV&allowWatchBookmarks=true
     &bookmark_every=N&objects=N&count=&rate=&compacted=RV&drop_every=N
     &error_after=N&fail_times=K
+GET /DB/_changes?feed=continuous&since=0|now|SEQ&seq=string|number&count=
+    &heartbeat=MS&rate=&drop_every=N&fail_times=K
 GET /status/CODE?lines=N
 GET /redirect/N?to=PATH
 GET /stats"""
@@ -1658,12 +1882,15 @@ class FirehoseRoot(_Resource):
             b"api": WatchResource(self.stats, clock),
             b"stats": StatsResource(self.stats),
         }
+        self._changes = ChangesResource(self.stats, clock)
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         """Every request passes here exactly once, so this is where we count."""
         self.stats.requests += 1
         if path == b"":
             return self
+        if _leaf_path(request) == [b"_changes"]:
+            return self._changes  # /DB/_changes, whatever DB is called
         return self._routes.get(path) or NoResource()
 
     def render_GET(self, request: Request) -> bytes:
