@@ -411,7 +411,8 @@ def test_restarted_daemon_resumes_an_event_stream_from_the_stored_id(
     wait_until(lambda: (redis_server.command("LLEN", "q") or 0) > 300)
     first.terminate()
     assert first.wait(timeout=10) == 0, first.output()
-    stored = redis_server.hgetall("sc")["last_event_id"]
+    # Kept under the feed's name: its URL without credentials or query.
+    stored = redis_server.hgetall("sc")[f"position:{firehose_process}/firehose"]
     assert int(stored) == redis_server.command("LLEN", "q") - 1
 
     second = hunt(daemons, tmp_path / "second", *args)

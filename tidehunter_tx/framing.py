@@ -73,6 +73,15 @@ class Framer(Protocol):
     def retry_ms(self) -> int | None:
         """The reconnect delay the stream asked for, if it can ask."""
 
+    @property
+    def record_positions(self) -> list[bytes | None] | None:
+        """The position after each record of the last :meth:`feed`, if known.
+
+        ``None`` when the only position known is :attr:`position` (after the
+        whole chunk).  A run that ends at its limit in mid-chunk stores the
+        position of its last record from here.
+        """
+
     def resume_from(self, position: bytes | None) -> None:
         """Start as if the record at ``position`` had just been delivered."""
 
@@ -88,6 +97,10 @@ class _NoPosition:
 
     @property
     def retry_ms(self) -> int | None:
+        return None
+
+    @property
+    def record_positions(self) -> list[bytes | None] | None:
         return None
 
     def resume_from(self, position: bytes | None) -> None:
@@ -323,6 +336,11 @@ class SSEFramer:
     def position(self) -> bytes | None:
         """The last event id: the resume position of an event stream."""
         return self.last_event_id
+
+    @property
+    def record_positions(self) -> list[bytes | None] | None:
+        """Per-event ids are in :meth:`feed_events`; ``position`` is after all."""
+        return None
 
     def resume_from(self, last_event_id: bytes | None) -> None:
         """Start as if the event with this id had just been delivered.
@@ -741,6 +759,10 @@ class JsonRecords:
     @property
     def retry_ms(self) -> int | None:
         return self._framer.retry_ms
+
+    @property
+    def record_positions(self) -> list[bytes | None] | None:
+        return self._framer.record_positions
 
     def resume_from(self, position: bytes | None) -> None:
         self._framer.resume_from(position)

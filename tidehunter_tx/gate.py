@@ -19,7 +19,7 @@ it has.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
@@ -36,7 +36,42 @@ __all__ = [
     "IGate",
     "IGateListener",
     "LocalGate",
+    "PositionStore",
+    "position_after",
 ]
+
+
+class PositionStore(Protocol):
+    """Keeps a run's resume position beside the records it belongs to.
+
+    A file sink's state file is one: ``save`` is called after the records the
+    position follows are in the sink, so what it holds never runs ahead of
+    the data.
+    """
+
+    def load(self) -> bytes | None:
+        """The position saved by an earlier run (None: from the start)."""
+
+    def save(self, position: bytes | None) -> None:
+        """The records put so far end at ``position``."""
+
+
+def position_after(
+    admitted: int,
+    offered: int,
+    position: bytes | None,
+    positions: list[bytes | None] | None,
+) -> bytes | None:
+    """Where the stream stands after the first ``admitted`` of ``offered``.
+
+    ``position`` is after all of them; with only part admitted (the limit
+    cut the chunk) it is the record's own position, or None if unknown.
+    """
+    if admitted >= offered:
+        return position
+    if positions is not None and 0 < admitted <= len(positions):
+        return positions[admitted - 1]
+    return None
 
 
 class Ending(enum.Enum):
@@ -103,8 +138,18 @@ class IGate(Interface):
     def set_limit(limit: int) -> None:
         """Change the limit of the run; at or below the count the run ends."""
 
-    def offer(records: list[bytes], position: bytes | None) -> None:
-        """Take framed records; ``position`` is where the stream stands after them."""
+    def offer(
+        records: list[bytes],
+        position: bytes | None,
+        positions: list[bytes | None] | None = None,
+    ) -> None:
+        """Take framed records; ``position`` is where the stream stands after them,
+        ``positions`` (when known) where it stood after each one."""
+
+    def keep_positions(feed_id: str, store: PositionStore | None) -> None:
+        """Keep this feed's resume position under ``feed_id`` (where the
+        records go, e.g. a Redis hash) and in ``store`` (a state file), and
+        start from what they hold."""
 
     def set_drain_callback(callback: DrainCallback | None) -> None:
         """Call ``callback`` once a full gate has room again."""
@@ -130,6 +175,8 @@ class CounterGate:
         self.dropped = 0
         self.spilled = 0
         self.position: bytes | None = None
+        self.feed_id = ""
+        self.store: PositionStore | None = None
         self.waiting: str | None = None
         self._listener: IGateListener | None = None
         self._watching = False
@@ -141,6 +188,18 @@ class CounterGate:
 
     def set_listener(self, listener: IGateListener | None) -> None:
         self._listener = listener
+
+    def keep_positions(self, feed_id: str, store: PositionStore | None) -> None:
+        self.feed_id = feed_id
+        self.store = store
+
+    def _stored(self, position: bytes | None) -> None:
+        """The records admitted so far end at ``position``: remember it."""
+        if position is None:
+            return
+        self.position = position
+        if self.store is not None:
+            self.store.save(position)
 
     def set_limit(self, limit: int) -> None:
         self.counter.limit = limit
@@ -213,6 +272,8 @@ class LocalGate(CounterGate):
     def start(self, limit: int | None) -> Deferred[None]:
         self._start_here(self.counter, limit)
         self._watch_counter()
+        if self.store is not None:
+            self.position = self.store.load()
         return succeed(None)
 
     def finish(self) -> None:
@@ -224,14 +285,20 @@ class LocalGate(CounterGate):
         self.counter.stop()
         return succeed(None)
 
-    def offer(self, records: list[bytes], position: bytes | None) -> None:
+    def offer(
+        self,
+        records: list[bytes],
+        position: bytes | None,
+        positions: list[bytes | None] | None = None,
+    ) -> None:
         if not records:
             return
         admitted = self._admit_here(self.counter, records)
         if admitted:
             self.sink.put(admitted)
-            if admitted is records:
-                self.position = position
+            self._stored(
+                position_after(len(admitted), len(records), position, positions)
+            )
             if self._listener is not None:
                 self._listener.admitted(len(admitted))
         self._end_if_over()

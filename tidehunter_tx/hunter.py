@@ -55,9 +55,10 @@ from .framing import (
     SSEFramer,
     make_framer,
 )
-from .gate import Ending, IGate, IGateListener
+from .gate import Ending, IGate, IGateListener, PositionStore
 from .policy import Backoff, FailureKind, classify
 from .protocol import StreamOutcome, StreamProtocol, StreamStats
+from .resume import Resume, ResumeRestart, ResumingFramer, make_resume, watch_body
 from .sinks import (
     DEFAULT_HIGH_WATERMARK,
     DEFAULT_QUEUE_BUDGET_BYTES,
@@ -269,6 +270,18 @@ class Hunter:
     :param redirect_keep_headers: send ``headers``, ``auth`` and the signer's
         credentials to another origin too (by default a redirect to another
         scheme, host or port gets none of them).
+    :param resume: where a reconnect (or a restarted run) goes on from:
+        ``"kubernetes"`` (``resourceVersion``), ``"couchdb"`` (``since``),
+        ``"etcd"`` (``create_request.start_revision`` in the POST body),
+        ``"sse"`` (``Last-Event-ID``; what ``framing="sse"`` does anyway), or
+        any :class:`~tidehunter_tx.resume.Resume` such as
+        ``JsonPointerResume("/cursor", "after")``.  The position is stored
+        by the gate with the records it belongs to (:attr:`position`).
+    :param feed_id: the name the position is kept under (default: the URL
+        without credentials or query), so several feeds can share a counter.
+    :param position_store: keeps the position beside the records, e.g. a
+        file sink's :class:`~tidehunter_tx.sinks.FileState`; a run starts
+        from what it holds.
     :param agent: the ``IAgent`` to request with (then ``ca_file`` cannot be
         given: configure the agent's TLS yourself).
     :param reactor: the reactor (time and TCP) to run on.
@@ -301,6 +314,9 @@ class Hunter:
         compression: str = "auto",
         max_redirects: int = 10,
         redirect_keep_headers: bool = False,
+        resume: str | Resume | None = None,
+        feed_id: str | None = None,
+        position_store: PositionStore | None = None,
         agent: IAgent | None = None,
         ca_file: str | None = None,
         signer: Signer | None = None,
@@ -330,7 +346,19 @@ class Hunter:
         self.headers = headers
         self.data = data
         self.auth = auth
-        self.framer: Framer = make_framer(framing, max_record_bytes)
+        base_framer = make_framer(framing, max_record_bytes)
+        #: The event stream's own framer, for its header, id and 204.
+        self._event_stream = base_framer if isinstance(base_framer, SSEFramer) else None
+        if resume == "sse" and self._event_stream is None:
+            raise ValueError('resume="sse" needs framing="sse"')
+        self.resuming = make_resume(resume) if isinstance(resume, str) else resume
+        if self.resuming is not None and self.resuming.name == "etcd":
+            watch_body(data)  # a clear error now, not at the first reconnect
+        self.framer: Framer = (
+            base_framer
+            if self.resuming is None
+            else ResumingFramer(base_framer, self.resuming)
+        )
         if record_format not in RECORD_FORMATS:
             raise ValueError(
                 f"record_format must be one of {', '.join(RECORD_FORMATS)}, "
@@ -359,6 +387,12 @@ class Hunter:
         self.sc: Counter = gate.counter
         self.sink: Sink | None = sink
         self.gate.set_listener(self)
+        if self.resuming is not None or self._event_stream is not None:
+            self.gate.keep_positions(
+                feed_id if feed_id is not None else public_url(url), position_store
+            )
+        elif position_store is not None:
+            raise ValueError("a position_store needs a feed with positions (resume)")
         self.stats = StreamStats()
         self.timeout = timeout
         self.reconnect = reconnect
@@ -405,6 +439,13 @@ class Hunter:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def position(self) -> bytes | None:
+        """Where the feed stands after the last record delivered (and stored
+        with it); what the next run starts from."""
+        position: bytes | None = self.gate.position
+        return position
 
     @property
     def delivered(self) -> int:
@@ -508,6 +549,12 @@ class Hunter:
                 "last_record_at": stats.last_record_at,
                 "last_error": stats.last_error,
                 "waiting": self.gate.waiting,
+                "position": None
+                if self.gate.position is None
+                else self.gate.position.decode("utf-8", "replace"),
+                "not_records": {}
+                if self.resuming is None
+                else dict(self.resuming.not_records),
             }
         )
 
@@ -649,8 +696,10 @@ class Hunter:
                 await joining
             except CancelledError:
                 return None  # halted or switched off before the counter answered
+            # Go on after the last record delivered (stored with it), not
+            # after the last one read: a run that ended at its limit read on.
             stored = self.gate.position
-            if stored and self.framer.position is None:
+            if stored is not None:
                 self.framer.resume_from(stored)
             response = await self._stream_until_done()
             if self._gate_failure is not None:
@@ -671,6 +720,7 @@ class Hunter:
         last_response: _Response | None = None
         while not self._over():
             error: BaseException | None = None
+            cause: str | None = None  # counted under a name of its own
             retry_after: str | None = None
             status: int | None = None
             try:
@@ -703,6 +753,19 @@ class Hunter:
                     if not self.reconnect:
                         return response
                     kind = FailureKind.ENDED
+                elif (restart := _restart(outcome)) is not None:
+                    # The feed threw our position away (410 Gone, a
+                    # compaction): go on from where it says, as a broken
+                    # connection does (so a server that always says so
+                    # backs off), telling why.
+                    log.info(
+                        "tidehunter: {url}: {reason}",
+                        url=public_url(self.url),
+                        reason=self.secrets.mask(str(restart)),
+                    )
+                    error = restart
+                    kind = FailureKind.NETWORK
+                    cause = "resume"
                 elif (starved := _starved(outcome)) is not None:
                     # Not the stream's failure: ask again, without gzip, now.
                     self._gzip_starved = True
@@ -744,7 +807,7 @@ class Hunter:
             )
             if not decision.retry:
                 raise GaveUp(decision.reason, error)
-            await self._wait_to_reconnect(kind, decision.delay)
+            await self._wait_to_reconnect(cause or kind, decision.delay)
         return last_response
 
     async def _settle_offered(self) -> None:
@@ -788,7 +851,7 @@ class Hunter:
         response = await self._follow_redirects()
         if response is None:
             return None, StreamOutcome(Ending.STOPPED)
-        if response.code == 204 and isinstance(self.framer, SSEFramer):
+        if response.code == 204 and self._event_stream is not None:
             # The event-stream way of saying "do not reconnect".
             return response, StreamOutcome(Ending.STOPPED)
         if not 200 <= response.code < 300:
@@ -832,6 +895,9 @@ class Hunter:
         without them.
         """
         url, method, data = self._request_url, self.method, self.data
+        if self.resuming is not None:
+            # Go on from the last record delivered.
+            url, data = self.resuming.request(url, data)
         home = _origin(url)
         for hop in range(self.max_redirects + 1):
             trusted = self.redirect_keep_headers or _origin(url) == home
@@ -927,11 +993,11 @@ class Hunter:
         if not any(_text(name).lower() == "user-agent" for name in headers):
             # Some feeds (Wikimedia) refuse clients that do not say who they are.
             headers["User-Agent"] = [USER_AGENT]
-        if isinstance(self.framer, SSEFramer):
+        if self._event_stream is not None:
             names = {_text(name).lower() for name in headers}
             if "accept" not in names:
                 headers["Accept"] = ["text/event-stream"]
-            last_id = self.framer.last_event_id
+            last_id = self._event_stream.last_event_id
             if last_id is not None:
                 # Once the stream has told us where we are, that beats any
                 # Last-Event-ID the caller started from.
@@ -945,7 +1011,7 @@ class Hunter:
                 method or self.method,
                 url or self._request_url,
                 headers,
-                data if url is not None else self.data,
+                data,
             )
         return headers
 
@@ -959,6 +1025,13 @@ class Hunter:
         self._run.back_off(BackoffWait(waiting, delay))
         with contextlib.suppress(CancelledError):  # the off switch
             await waiting
+
+
+def _restart(outcome: StreamOutcome) -> ResumeRestart | None:
+    """The feed's own word that the stream must start again elsewhere."""
+    failed = outcome.reason if outcome.ending is Ending.FAILED else None
+    value = None if failed is None else failed.value
+    return value if isinstance(value, ResumeRestart) else None
 
 
 def _starved(outcome: StreamOutcome) -> CompressionStarved | None:

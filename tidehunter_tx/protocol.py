@@ -156,7 +156,8 @@ class StreamProtocol(Protocol):
         """Offer the records; the gate says (maybe later) what it admitted."""
         if records:
             self.stats.read += len(records)
-            self._gate.offer(records, self._framer.position)
+            framer = self._framer
+            self._gate.offer(records, framer.position, framer.record_positions)
 
     def _start_failed(self, failure: Failure) -> None:
         self.stop(Ending.FAILED, failure)

@@ -49,7 +49,8 @@ from .redis import (
     parse_redis_spec,
     redis_password,
 )
-from .sinks import FileSink, PipeClosed, PipeSink
+from .resume import RESUME_KINDS, make_resume, watch_body
+from .sinks import FileSink, FileState, PipeClosed, PipeSink, StateFileError
 
 __all__ = [
     "DEFAULT_CONTROL",
@@ -83,11 +84,16 @@ def _number(name: str, kind: type, minimum: float, strict: bool = False) -> Any:
     return coerce
 
 
-def parse_sink(spec: str, reactor: Any = None) -> FileSink | PipeSink:
-    """Build the local sink a ``--sink`` spec names (``stdout`` or ``file:PATH``)."""
+def parse_sink(
+    spec: str, reactor: Any = None, state_path: str | None = None
+) -> FileSink | PipeSink:
+    """Build the local sink a ``--sink`` spec names (``stdout`` or ``file:PATH``).
+
+    A file sink with ``state_path`` keeps the feed's position beside it.
+    """
     if spec == "stdout":
         return PipeSink.stdout(reactor)
-    return FileSink.open(spec[len("file:") :])
+    return FileSink.open(spec[len("file:") :], state_path)
 
 
 def _check_sink_spec(spec: str) -> RedisSpec | None:
@@ -264,6 +270,40 @@ class Options(usage.Options):
             _number("max-header-bytes", int, 1024),
         ],
         ["ca-file", None, None, "Trust this CA (PEM) for the feed's certificate."],
+        [
+            "resume",
+            None,
+            None,
+            f"Go on where the feed left off: {'|'.join(RESUME_KINDS)} "
+            "[default: sse with --framing sse].",
+        ],
+        [
+            "resume-from",
+            None,
+            None,
+            "A JSON pointer (RFC 6901) to each record's position, for any "
+            "JSON-lines feed; sent back as --resume-param.",
+        ],
+        [
+            "resume-param",
+            None,
+            None,
+            "The query parameter --resume-from's position is sent as.",
+        ],
+        [
+            "feed-id",
+            None,
+            None,
+            "The name the position is stored under in Redis [default: the "
+            "URL without credentials or query].",
+        ],
+        [
+            "state-file",
+            None,
+            None,
+            "With a file sink: where the position and the data's length are "
+            "kept [default: PATH.state].",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -278,6 +318,47 @@ class Options(usage.Options):
                 f"--header must look like 'Name: value', not {value!r}"
             )
         self["headers"].append((name.strip(), content.strip()))
+
+    def _check_resume(self) -> None:
+        """--resume and its friends agree with each other and with the sink."""
+        kind, pointer = self["resume"], self["resume-from"]
+        framing = self["framing"]
+        if kind is None and pointer is None and framing == "sse":
+            kind = "sse"
+        if kind == "sse" and framing != "sse":
+            raise usage.UsageError("--resume sse needs --framing sse")
+        try:
+            self["resumer"] = make_resume(kind, pointer, self["resume-param"])
+            if kind == "etcd":
+                data = self["data"]
+                watch_body(data.encode() if data else None)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        positioned = kind is not None or pointer is not None
+        state = self["state-file"]
+        if not self["sink"].startswith("file:"):
+            if state is not None:
+                raise usage.UsageError("--state-file goes with a file:PATH --sink")
+            return
+        path = self["sink"][len("file:") :]
+        if not positioned:
+            if state is not None:
+                raise usage.UsageError(
+                    "--state-file needs a feed with positions (--resume)"
+                )
+            return
+        self["state-file"] = state = state or f"{path}.state"
+        try:
+            saved = FileState(state).read()
+        except StateFileError as error:
+            raise usage.UsageError(str(error)) from None
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if saved is not None and size < saved[1]:
+            raise usage.UsageError(
+                f"{path} holds {size} bytes but its state file {state} describes"
+                f" {saved[1]}: the data was cut or replaced; move the state file"
+                " away to start the feed from the beginning"
+            )
 
     def postOptions(self) -> None:
         #: Whether the URL was on the command line, where ps shows it.
@@ -307,6 +388,7 @@ class Options(usage.Options):
                     f"--{name} must be one of {', '.join(choices)}, not {self[name]!r}"
                 )
         self["redis-sink"] = _check_sink_spec(self["sink"])
+        self._check_resume()
         self["redis-counter"] = _check_counter_spec(self["counter"])
         sink, counter = self["redis-sink"], self["redis-counter"]
         if (
@@ -556,7 +638,9 @@ def makeService(options: Options) -> IService:
     reactor = global_reactor()
     target: RedisSpec | None = options["redis-sink"]
     counter_spec: RedisSpec | None = options["redis-counter"]
-    local_sink = None if target else parse_sink(options["sink"], reactor)
+    local_sink = (
+        None if target else parse_sink(options["sink"], reactor, options["state-file"])
+    )
     gate: RedisGate | None = None
     if counter_spec is not None:
         connection = connect(counter_spec)
@@ -598,6 +682,9 @@ def makeService(options: Options) -> IService:
         max_header_bytes=options["max-header-bytes"],
         ca_file=options["ca-file"],
         signer=options["signer"],
+        resume=options["resumer"],
+        feed_id=options["feed-id"],
+        position_store=local_sink.state if isinstance(local_sink, FileSink) else None,
         reactor=reactor,
     )
     # Redis passwords are the daemon's secrets too: masked in what it says.

@@ -9,10 +9,12 @@ body protocol.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO, Protocol, TypeVar
@@ -33,11 +35,13 @@ __all__ = [
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_QUEUE_BUDGET_BYTES",
     "FileSink",
+    "FileState",
     "PipeClosed",
     "PipeSink",
     "QueueSink",
     "RecordQueue",
     "Sink",
+    "StateFileError",
 ]
 
 _T = TypeVar("_T")
@@ -346,6 +350,10 @@ def _one_line(record: bytes) -> bytes:
     return record.replace(b"\r\n", b" ").replace(b"\n", b" ").replace(b"\r", b" ")
 
 
+class StateFileError(Exception):
+    """A state file and its data file disagree, or the state file is unreadable."""
+
+
 class FileSink:
     """Appends records to a binary file, one per line (see :func:`as_lines`).
 
@@ -353,20 +361,45 @@ class FileSink:
     so a reader tailing the file sees whole batches; ``close()`` flushes and
     closes.  Local file writes do not block long enough to need backpressure,
     so this sink is never ``full``.
+
+    Opened with a ``state_path``, the sink keeps the feed's resume position
+    in a :class:`FileState` (``sink.state``) and first cuts the data file
+    back to the length that state describes (dropping whatever a crash left
+    after it: the feed sends those records again).
     """
 
     full = False
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, state: FileState | None = None) -> None:
         self._file = file
+        #: Bytes in the data file: what the state file's length is taken from.
+        self.length = file.seek(0, os.SEEK_END)
+        self.state = state
+        if state is not None:
+            state.attach(self)
 
     @classmethod
-    def open(cls, path: str) -> FileSink:
-        return cls(open(path, "ab"))
+    def open(cls, path: str, state_path: str | None = None) -> FileSink:
+        if state_path is None:
+            return cls(open(path, "ab"))
+        state = FileState(state_path)
+        file = open(path, "ab")  # noqa: SIM115 - the sink owns it until close()
+        try:
+            state.cut_back(path, file)
+        except BaseException:
+            file.close()
+            raise
+        return cls(file, state)
 
     def put(self, records: list[bytes]) -> None:
-        self._file.write(as_lines(records))
+        data = as_lines(records)
+        self._file.write(data)
         self._file.flush()
+        self.length += len(data)
+
+    def sync(self) -> None:
+        """What was put is on disk (before a state file may describe it)."""
+        os.fsync(self._file.fileno())
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
         """Never full, so never drained."""
@@ -374,7 +407,139 @@ class FileSink:
     def close(self) -> None:
         if self._file.closed:
             return
+        if self.state is not None:
+            self.state.flush()
         self._file.close()
+
+
+class FileState:
+    """A file sink's resume position, in a state file beside the data.
+
+    The state file holds the position and the data file's length at that
+    position, as one JSON object.  It is replaced atomically (write, fsync,
+    rename) after the data it describes is flushed and synced, at most every
+    ``save_interval`` seconds (and when the sink closes): it may lag behind
+    the data, never run ahead of it.  A restarted run cuts the data back to
+    the saved length and resumes from the saved position, so every record is
+    in the file exactly once, across a SIGKILL too.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        save_interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.save_interval = save_interval
+        self._clock = clock
+        self._sink: FileSink | None = None
+        self._saved_at = -float("inf")
+        self._pending: tuple[bytes, int] | None = None
+        self._loaded: bytes | None = None
+        self.saves = 0
+
+    def attach(self, sink: FileSink) -> None:
+        self._sink = sink
+
+    def read(self) -> tuple[bytes | None, int] | None:
+        """The saved (position, length), or None when there is no state file."""
+        try:
+            with open(self.path, "rb") as file:
+                raw = file.read(1 << 20)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StateFileError(
+                f"cannot read the state file {self.path}: {error.strerror}"
+            ) from None
+        try:
+            state = json.loads(raw)
+            length = int(state["length"])
+            if "position_base64" in state:
+                position: bytes | None = base64.b64decode(state["position_base64"])
+            elif state.get("position") is None:
+                position = None
+            else:
+                position = str(state["position"]).encode("utf-8")
+        except (ValueError, KeyError, TypeError) as error:
+            raise StateFileError(
+                f"the state file {self.path} is not one this program wrote"
+                f" ({error}): move it away to start the feed from the beginning"
+            ) from None
+        return position, length
+
+    def cut_back(self, data_path: str, file: BinaryIO) -> None:
+        """Cut ``file`` back to the saved length; remember the saved position."""
+        saved = self.read()
+        size = file.seek(0, os.SEEK_END)
+        if saved is None:
+            if size:
+                log.info(
+                    "tidehunter: {path} holds {size} bytes but there is no state"
+                    " file {state}: the feed starts from its beginning, appending",
+                    path=data_path,
+                    size=size,
+                    state=self.path,
+                )
+            return
+        position, length = saved
+        if size < length:
+            raise StateFileError(
+                f"{data_path} holds {size} bytes but its state file {self.path}"
+                f" describes {length}: the data was cut or replaced; move the"
+                " state file away to start the feed from the beginning"
+            )
+        if size > length:
+            os.truncate(file.fileno(), length)
+            file.seek(0, os.SEEK_END)
+            log.info(
+                "tidehunter: cut {path} back to {length} bytes, the end of the"
+                " last saved position ({extra} bytes after it, written before"
+                " a crash, come again from the feed)",
+                path=data_path,
+                length=length,
+                extra=size - length,
+            )
+        self._loaded = position
+
+    def load(self) -> bytes | None:
+        return self._loaded
+
+    def save(self, position: bytes | None) -> None:
+        if position is None or self._sink is None:
+            return
+        self._pending = (position, self._sink.length)
+        now = self._clock()
+        if now - self._saved_at >= self.save_interval:
+            self._saved_at = now
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending state now (the data first reaches the disk)."""
+        pending, self._pending = self._pending, None
+        if pending is None or self._sink is None:
+            return
+        position, length = pending
+        self._sink.sync()
+        state: dict[str, Any] = {"length": length}
+        try:
+            state["position"] = position.decode("utf-8")
+        except UnicodeDecodeError:
+            state["position_base64"] = base64.b64encode(position).decode("ascii")
+        temporary = f"{self.path}.tmp"
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+            0o600,
+        )
+        try:
+            os.write(fd, json.dumps(state).encode("utf-8") + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)
+        self.saves += 1
 
 
 def claim_stdout() -> int:

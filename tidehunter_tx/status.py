@@ -59,6 +59,15 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("last_record_at", float, True, "when the last record arrived"),
     StatusField("last_error", str, True, "why the last connection ended"),
     StatusField("waiting", str, True, "why delivery waits (a Redis refusal, retried)"),
+    StatusField(
+        "position", str, True, "where the feed stands after the last record stored"
+    ),
+    StatusField(
+        "not_records",
+        dict,
+        False,
+        "lines that only move the position or report, by reason (bookmark, ...)",
+    ),
 )
 
 

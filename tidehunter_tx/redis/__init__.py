@@ -3,8 +3,8 @@
 Layout (techies 0.2.0 compatible): the queue is a list at ``KEY`` (we
 ``RPUSH``, techies' ``Queue.get()`` pops the head); the state counter is a hash
 with ``state`` ("1"/"0"), ``count`` (this run), ``total`` (earlier runs) and
-our own ``limit`` and ``last_event_id``.  Admitting and pushing a batch is one
-Lua script, so any number of hunters sharing the counter deliver exactly
+our own ``limit`` and each feed's ``position:FEED``.  Admitting and pushing a
+batch is one Lua script, so any number of hunters sharing the counter deliver exactly
 ``limit`` records, and a push never switches a stopped counter back on.
 
 Modules by job: ``_spec`` (``redis://`` specs), ``_connection`` (the

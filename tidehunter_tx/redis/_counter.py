@@ -52,8 +52,10 @@ class RedisStateCounter(CounterState):
         self.connection = connection
         self.key = key
         self.start_timeout = 15.0
-        #: Where an event stream stood when its last batch was pushed.
-        self.last_event_id: bytes | None = None
+        #: The hash field a feed's resume position is kept in (the gate sets
+        #: it), and what it held when the run started.
+        self.position_field = "position"
+        self.position: bytes | None = None
         self._clock: IReactorTime = or_global_reactor(clock)
         self._poll = LoopingCall(self.refresh)
         self._poll.clock = self._clock
@@ -75,7 +77,9 @@ class RedisStateCounter(CounterState):
         if limit is not None:
             self._limit = limit
         arg = "" if limit is None else str(limit)
-        d = self.connection.eval(START, keys=[self.key], args=[arg])
+        d = self.connection.eval(
+            START, keys=[self.key], args=[arg, self.position_field]
+        )
         d.addTimeout(self.start_timeout, self._clock, onTimeoutCancel=self._no_answer)
         d.addCallback(self._update)
         d.addCallback(lambda _: self._read_run_id())
@@ -167,7 +171,8 @@ class RedisStateCounter(CounterState):
             self.vanished()
             return
         if len(fields) > 4:
-            self.last_event_id = fields[4]
+            value = fields[4]
+            self.position = value.encode() if isinstance(value, str) else value
         state, count, total, limit = (f if f is not None else b"0" for f in fields[:4])
         self.total = int(total)
         self.update(state, count, limit)

@@ -16,10 +16,10 @@ from zope.interface import implementer
 
 from .._reactor import or_global_reactor
 from ..counter import StateCounter
-from ..gate import CounterGate, Ending, IGate
+from ..gate import CounterGate, Ending, IGate, position_after
 from ..sinks import DrainCallback, Sink
 from ._connection import close_connection, execute_encoded
-from ._counter import RedisStateCounter
+from ._counter import RedisStateCounter, RedisUnavailable
 from ._scripts import ADMIT_AND_PUSH, GAP, LOST, is_noscript, retryable_refusal
 from ._spec import RedisSpec
 from ._spill import Spilled, write_spill
@@ -50,7 +50,10 @@ class RedisRefused(Exception):
 class _Batch:
     seq: int
     records: list[bytes]
-    event_id: bytes | None = None
+    #: Where the stream stands after the batch, and after each of its records
+    #: (sent only when Redis decides how many are admitted).
+    position: bytes | None = None
+    positions: list[bytes | None] | None = None
     #: Apply even if an earlier sequence number is missing from Redis's history.
     force: bool = False
     #: Known not applied, waiting to be sent again (a refusal that can pass).
@@ -113,12 +116,21 @@ class RedisGate(CounterGate):
         self.maxlen = 0 if target is None else target.maxlen
         history_owner = counter_key(counter) if shared else self.target_key
         self.seen_key = f"{history_owner}:producers"
+        #: The hash the feed's position is kept in, with the records: the
+        #: counter's, or beside a Redis target; none for a local sink counted
+        #: here (that sink's own store keeps it).
+        self.position_key = (
+            counter_key(counter)
+            if shared
+            else (f"{self.target_key}:positions" if target is not None else "")
+        )
         # The script's KEYS: the counter hash ('' when counted here), the
-        # target, the producers' history.
+        # target, the producers' history, the positions hash.
         self._script_keys = [
             counter_key(counter).encode(),
             self.target_key.encode(),
             self.seen_key.encode(),
+            self.position_key.encode(),
         ]
         self.producer = uuid.uuid4().hex
         if max_in_flight is None:
@@ -135,8 +147,10 @@ class RedisGate(CounterGate):
         # Records wait here unnumbered: a batch takes its sequence number when
         # it is sent, so batches queued behind the cap merge into bigger ones.
         self._queued: deque[list[bytes]] = deque()
-        # The stream's position after each queued record list.
+        # The stream's position after each queued record list, and after each
+        # of its records when Redis decides what is admitted.
         self._queued_ids: deque[bytes | None] = deque()
+        self._queued_positions: deque[list[bytes | None] | None] = deque()
         self._in_flight: deque[_Batch] = deque()
         # Records queued or in flight: offered, fate not known yet.
         self._backlog = 0
@@ -170,11 +184,39 @@ class RedisGate(CounterGate):
         self._watch_counter()
         if self._shared_counter is not None:
             # Join the run; a limit of 0 (or None) leaves the shared one alone.
+            self._shared_counter.position_field = self.position_field
             started = self._shared_counter.start(limit or None)
             return started.addCallback(self._joined)
         assert self._local_counter is not None
         self._start_here(self._local_counter, limit)
+        if self.store is not None:
+            self.position = self.store.load()
+        elif self.feed_id and self.position_key:
+            return self._read_position()
         return succeed(None)
+
+    @property
+    def position_field(self) -> str:
+        """The field of the positions hash this feed's position is kept in."""
+        return f"position:{self.feed_id}" if self.feed_id else "position"
+
+    def _read_position(self) -> Deferred[None]:
+        """Where an earlier run left this feed (a Redis sink counted here)."""
+        reading: Deferred[Any] = self.connection.hget(
+            self.position_key, self.position_field
+        )
+        reading.addTimeout(15.0, self._clock)
+
+        def found(value: Any) -> None:
+            self.position = value.encode() if isinstance(value, str) else value
+
+        def unread(failure: Failure) -> None:
+            raise RedisUnavailable(
+                f"could not read the stream's position from Redis key "
+                f"{self.position_key!r}: {_one_line(failure)}"
+            )
+
+        return reading.addCallbacks(found, unread)
 
     def finish(self) -> None:
         self._unwatch_counter()
@@ -190,15 +232,21 @@ class RedisGate(CounterGate):
         self._local_counter.stop()
         return succeed(None)
 
-    def offer(self, records: list[bytes], position: bytes | None) -> None:
+    def offer(
+        self,
+        records: list[bytes],
+        position: bytes | None,
+        positions: list[bytes | None] | None = None,
+    ) -> None:
         if self._closing or not records:
             return
         if self._local_counter is None:
-            self._queue(records, position)  # Redis decides
+            self._queue(records, position, positions)  # Redis decides
             return
         admitted = self._admit_here(self._local_counter, records)
         if admitted:
-            self._queue(admitted, position if admitted is records else None)
+            at = position_after(len(admitted), len(records), position, positions)
+            self._queue(admitted, at, None)
         self._end_if_over()
 
     def set_drain_callback(self, callback: DrainCallback | None) -> None:
@@ -249,6 +297,7 @@ class RedisGate(CounterGate):
         dropped = sum(len(records) for records in self._queued)
         self._queued.clear()
         self._queued_ids.clear()
+        self._queued_positions.clear()
         self.dropped += dropped
         self._backlog -= dropped
         return dropped
@@ -285,7 +334,7 @@ class RedisGate(CounterGate):
     def _joined(self, _: object) -> Deferred[None] | None:
         shared = self._shared_counter
         assert shared is not None
-        self.position = shared.last_event_id
+        self.position = self.store.load() if self.store is not None else shared.position
         if not (shared.started and shared.limit_reached):
             return None
         # A run left on at its limit (by an older hunter, or a techies user)
@@ -302,9 +351,15 @@ class RedisGate(CounterGate):
         )
         return shared.stop()
 
-    def _queue(self, records: list[bytes], position: bytes | None) -> None:
+    def _queue(
+        self,
+        records: list[bytes],
+        position: bytes | None,
+        positions: list[bytes | None] | None,
+    ) -> None:
         self._queued.append(records)
         self._queued_ids.append(position)
+        self._queued_positions.append(positions)
         self._backlog += len(records)
         self._pump()
 
@@ -313,18 +368,32 @@ class RedisGate(CounterGate):
             return  # nothing new goes while Redis refuses
         queued = self._queued
         ids = self._queued_ids
+        each = self._queued_positions
         while queued and len(self._in_flight) < self.max_in_flight:
-            records, event_id = queued.popleft(), ids.popleft()
+            records, position, positions = (
+                queued.popleft(),
+                ids.popleft(),
+                each.popleft(),
+            )
             while queued and len(records) + len(queued[0]) <= self.max_batch:
-                records = records + queued.popleft()
-                event_id = ids.popleft()
+                more, more_positions = queued.popleft(), each.popleft()
+                if positions is not None or more_positions is not None:
+                    positions = _each(records, position, positions) + _each(
+                        more, ids[0], more_positions
+                    )
+                records = records + more
+                position = ids.popleft()
             if len(records) > self.max_batch:
                 # The position belongs with the end of the list: it stays queued.
-                queued.appendleft(records[self.max_batch :])
-                ids.appendleft(event_id)
-                records, event_id = records[: self.max_batch], None
+                cut = self.max_batch
+                queued.appendleft(records[cut:])
+                ids.appendleft(position)
+                each.appendleft(None if positions is None else positions[cut:])
+                records = records[:cut]
+                position = None if positions is None else positions[cut - 1]
+                positions = None if positions is None else positions[:cut]
             self._seq += 1
-            batch = _Batch(self._seq, records, event_id)
+            batch = _Batch(self._seq, records, position, positions)
             self._in_flight.append(batch)
             self._send(batch)
 
@@ -332,12 +401,16 @@ class RedisGate(CounterGate):
         # The first call sends the script in full; calls pipelined behind it
         # find it loaded.  A Redis that forgot it answers NOSCRIPT (see _failed).
         load = load or not self._script_sent
+        positions = [p or b"" for p in batch.positions or ()]
         head = [
             self.producer.encode(),
             b"%d" % (-batch.seq if batch.force else batch.seq),
             self.mode.encode(),
             b"%d" % self.maxlen,
-            batch.event_id or b"",
+            self.position_field.encode() if self.feed_id and self.position_key else b"",
+            batch.position or b"",
+            b"%d" % len(positions),
+            *positions,
         ]
         # A local sink keeps the records: only their number goes to Redis.
         payload = batch.records if self.mode != "none" else [b"%d" % len(batch.records)]
@@ -384,8 +457,11 @@ class RedisGate(CounterGate):
         if admitted:
             if self.local is not None:
                 self.local.put(batch.records[:admitted])
-            if admitted == len(batch.records) and batch.event_id:
-                self.position = batch.event_id
+            self._stored(
+                position_after(
+                    admitted, len(batch.records), batch.position, batch.positions
+                )
+            )
             if self._listener is not None:
                 self._listener.admitted(admitted)
         if admitted < len(batch.records):
@@ -538,6 +614,17 @@ class RedisGate(CounterGate):
         elif self.local is not None and self.local.full:
             # Answers filled the local sink: wait for it, not for Redis.
             self.local.set_drain_callback(self._maybe_drained)
+
+
+def _each(
+    records: list[bytes],
+    position: bytes | None,
+    positions: list[bytes | None] | None,
+) -> list[bytes | None]:
+    """The position after each record, where only the last may be known."""
+    if positions is not None:
+        return positions
+    return [None] * (len(records) - 1) + [position]
 
 
 def _one_line(failure: Failure) -> str:

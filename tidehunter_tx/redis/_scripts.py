@@ -84,18 +84,22 @@ def is_noscript(failure: Failure) -> bool:
     return bool(error) and str(error).startswith("NOSCRIPT")
 
 
-# KEYS: counter hash ('' when the count is kept in the hunter), target, history.
-# ARGV: producer, seq, mode (list | stream | none), maxlen, event id, then the
+# KEYS: counter hash ('' when the count is kept in the hunter), target, history,
+# the hash the feed's position is kept in ('' none).
+# ARGV: producer, seq, mode (list | stream | none), maxlen, the position's
+# field ('' none), the position after the batch, P, then P positions (after
+# each record: Redis decides how many are admitted) or none (P = 0), then the
 # records, or (mode none: the records stay in the hunter) just their number.
 ADMIT_AND_PUSH = Script(
     b"""
-local counter, target, seen = KEYS[1], KEYS[2], KEYS[3]
+local counter, target, seen, positions = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local producer, seq, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 -- A negative seq: apply even after a gap (Redis forgot the history).
 local force = seq < 0
 if force then seq = -seq end
 local maxlen = tonumber(ARGV[4])
-local event_id = ARGV[5]
+local field, position, npos = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local first = 8 + npos
 local state, count, limit, reached, present = '1', 0, 0, 0, true
 if counter ~= '' then
   local fields = redis.call('HMGET', counter, 'state', 'count', 'limit')
@@ -121,17 +125,17 @@ if counter ~= '' and not present then return {0, '', 0, 0, 3, 0} end
 if seq > tonumber(last) + 1 and not force then
   return {0, state, count, limit, 2, 0}
 end
-local n = #ARGV - 5
-if mode == 'none' then n = tonumber(ARGV[6]) end
+local n = #ARGV - first + 1
+if mode == 'none' then n = tonumber(ARGV[first]) end
 local admitted = 0
 if state == '1' then
   admitted = n
   if limit > 0 then admitted = math.max(0, math.min(n, limit - count)) end
   if admitted > 0 then
     if mode == 'list' then
-      redis.call('RPUSH', target, unpack(ARGV, 6, 5 + admitted))
+      redis.call('RPUSH', target, unpack(ARGV, first, first + admitted - 1))
     elseif mode == 'stream' then
-      for i = 6, 5 + admitted do
+      for i = first, first + admitted - 1 do
         if maxlen > 0 then
           redis.call('XADD', target, 'MAXLEN', '~', maxlen, '*', 'data', ARGV[i])
         else
@@ -151,10 +155,16 @@ if state == '1' then
       end
     end
   end
-  -- Where an event stream stands, stored with the push it belongs to, so a
-  -- restarted hunter resumes exactly after the last event delivered.
-  if counter ~= '' and event_id ~= '' and admitted == n then
-    redis.call('HSET', counter, 'last_event_id', event_id)
+  -- Where the feed stands, stored with the push it belongs to, so a
+  -- restarted hunter resumes exactly after the last record delivered: after
+  -- the batch, or (the limit cut it) after the last record admitted.
+  if positions ~= '' and field ~= '' and admitted > 0 then
+    local at = position
+    if admitted < n then
+      at = ''
+      if npos == n then at = ARGV[7 + admitted] end
+    end
+    if at ~= '' then redis.call('HSET', positions, field, at) end
   end
 end
 past = past .. seq .. ':' .. admitted .. ','
@@ -182,7 +192,7 @@ if state ~= '1' then
   redis.call('HSET', KEYS[1], 'count', 0, 'state', 1)
 end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[1]) end
-return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit', 'last_event_id')
+return redis.call('HMGET', KEYS[1], 'state', 'count', 'total', 'limit', ARGV[2])
 """
 
 STOP = """
