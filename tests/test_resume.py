@@ -324,3 +324,37 @@ async def test_a_second_run_of_the_same_hunter_goes_on_after_the_first(
     await h.tide_on(12)
     await h.tide_on(18)
     assert [json.loads(r)["seq"] for r in h.q.pending] == list(range(1, 31))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shared_redis_limit_in_mid_batch_stores_the_last_pushed_position(
+    firehose: str, redis_server: Any
+) -> None:
+    """Redis decides how many records a batch admits: the script stores the
+    position of the last one it pushed, so the next hunter goes on from there."""
+    from tidehunter_tx.redis import (
+        RedisGate,
+        RedisStateCounter,
+        connect,
+        parse_redis_spec,
+    )
+
+    spec = parse_redis_spec(redis_server.url(key="sc"))
+    target = parse_redis_spec(redis_server.url(key="q"))
+    url = f"{firehose}/api/v1/pods?watch=true&count=100"
+    for limit in (25, 30):
+        connection = connect(spec)
+        counter = RedisStateCounter(connection, spec.key)
+        h = Hunter(
+            url,
+            gate=RedisGate(counter, target=target),
+            resume="kubernetes",
+            feed_id="pods",
+        )
+        await h.tide_on(limit)
+        assert h.position == b"%d" % (25 if limit == 25 else 55)
+        counter.close()
+        await connection.disconnect()
+    rows = redis_server.command("LRANGE", "q", 0, -1)
+    assert [json.loads(row)["object"]["seq"] for row in rows] == list(range(1, 56))
+    assert redis_server.hgetall("sc")["position:pods"] == "55"
