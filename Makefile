@@ -55,7 +55,7 @@ test: $(VENV)/.installed redis-server etcd-server
 PEERS := .peers
 POUCHDB_SERVER := $(PEERS)/node_modules/.bin/pouchdb-server
 
-.PHONY: test-peers nginx pouchdb-server
+.PHONY: test-peers nginx pouchdb-server prometheus
 
 nginx:
 	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
@@ -75,7 +75,18 @@ $(POUCHDB_SERVER):
 
 pouchdb-server: $(POUCHDB_SERVER)
 
-test-peers: $(VENV)/.installed nginx pouchdb-server
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus with apt-get"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus; \
+	  else \
+	    echo "prometheus is missing: install it (e.g. sudo apt-get install prometheus)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test-peers: $(VENV)/.installed nginx pouchdb-server prometheus
 	TIDEHUNTER_REQUIRE_PEERS=1 $(BIN)/python -m pytest -m peers
 
 check: $(VENV)/.installed

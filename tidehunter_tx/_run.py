@@ -35,10 +35,12 @@ class ErrorBodyReader(Protocol):
 
 @dataclass
 class BackoffWait:
-    """The wait before the next connection, and how long it was set for."""
+    """The wait before the next connection: how long it was set for, and
+    when (reactor time) it ends."""
 
     waiting: Deferred[None]
     delay: float
+    until: float = 0.0
 
 
 class RunMachine(Protocol):
@@ -82,6 +84,8 @@ class RunCore:
 
     state: str = "idle"
     backoff: float = 0.0
+    #: When the backoff wait under way ends (reactor time).
+    retry_at: float = 0.0
     user_paused: bool = False
 
     @property
@@ -91,9 +95,16 @@ class RunCore:
             return "paused"
         return self.state
 
-    def enter(self, state: str, backoff: float = 0.0) -> None:
+    def enter(self, state: str, backoff: float = 0.0, retry_at: float = 0.0) -> None:
         self.state = state
         self.backoff = backoff
+        self.retry_at = retry_at
+
+    def retry_in(self, now: float) -> float:
+        """Seconds left of the backoff wait; 0 when not backing off."""
+        if self.state != "backing_off":
+            return 0.0
+        return max(self.retry_at - now, 0.0)
 
 
 class _Marker:
@@ -119,7 +130,7 @@ def _stopped_data(machine: RunMachine, core: RunCore) -> _Marker:
 
 
 def _wait_data(machine: RunMachine, core: RunCore, wait: BackoffWait) -> BackoffWait:
-    core.enter("backing_off", wait.delay)
+    core.enter("backing_off", wait.delay, wait.until)
     return wait
 
 

@@ -18,6 +18,7 @@ it has.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,8 +38,34 @@ __all__ = [
     "IGateListener",
     "LocalGate",
     "PositionStore",
+    "PushLatency",
     "position_after",
 ]
+
+
+class PushLatency:
+    """How long a gate's writes to another process took, as a histogram.
+
+    Kept here, in plain numbers, so a gate needs no metrics library: the
+    metrics collector reads ``buckets``, ``counts``, ``sum`` and ``count``.
+    """
+
+    #: Upper bounds in seconds, Prometheus's default buckets.
+    BUCKETS: tuple[float, ...] = (
+        0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.buckets = self.BUCKETS
+        #: Observations per bucket (not cumulative); the last is above every bound.
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
 
 
 class PositionStore(Protocol):
@@ -118,6 +145,12 @@ class IGate(Interface):
     position = Attribute(
         "The resume position stored with the last admitted records (bytes or None)."
     )
+    batches_in_flight = Attribute(
+        "Writes sent to another process and not answered yet (0 for a local gate)."
+    )
+    push_latency = Attribute(
+        "A PushLatency of those writes' round trips, or None for a local gate."
+    )
 
     def set_listener(listener: IGateListener | None) -> None:
         """Who hears about admitted records and the end of the run."""
@@ -178,8 +211,13 @@ class CounterGate:
         self.feed_id = ""
         self.store: PositionStore | None = None
         self.waiting: str | None = None
+        self.push_latency: PushLatency | None = None
         self._listener: IGateListener | None = None
         self._watching = False
+
+    @property
+    def batches_in_flight(self) -> int:
+        return 0
 
     @property
     def over(self) -> bool:

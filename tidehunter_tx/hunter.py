@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urljoin, urlsplit
 
 from treq.client import HTTPClient
@@ -79,6 +79,9 @@ __all__ = [
     "public_url",
     "redact_url",
 ]
+
+if TYPE_CHECKING:
+    from .metrics import HunterCollector
 
 log = Logger()
 
@@ -523,6 +526,7 @@ class Hunter:
         stats = self.stats
         sc = self.sc
         core = self._run_core
+        now = self._reactor.seconds()
         return check_status(
             {
                 "state": core.shown_state,
@@ -541,10 +545,15 @@ class Hunter:
                 "truncated": stats.truncated,
                 "dropped": self.gate.dropped,
                 "pauses": stats.pauses,
+                "paused_seconds": stats.paused_seconds(now),
+                "paused_since": stats.paused_since,
+                "queued": len(self.q.pending),
+                "batches_in_flight": self.gate.batches_in_flight,
                 "reconnects": stats.reconnects,
                 "reconnects_by_cause": dict(stats.reconnects_by_cause),
                 "stalls": stats.stalls,
                 "backoff": core.backoff,
+                "retry_in": core.retry_in(now),
                 "connected_since": stats.connected_since,
                 "last_record_at": stats.last_record_at,
                 "last_error": stats.last_error,
@@ -559,6 +568,14 @@ class Hunter:
         )
 
     # -- consuming the run's records
+
+    def metrics(self, labels: Mapping[str, str] | None = None) -> HunterCollector:
+        """A Prometheus collector of this hunter's numbers, for your registry:
+        ``registry.register(hunter.metrics())``.  Each scrape reads
+        :meth:`status`, so the two agree."""
+        from .metrics import HunterCollector  # prometheus_client only if asked
+
+        return HunterCollector(self, labels)
 
     async def records(self) -> AsyncIterator[bytes]:
         """Every record of the run, in order; ends once the run is over and
@@ -819,7 +836,7 @@ class Hunter:
         settling = self.gate.settled()
         if settling.called:
             return
-        self._run.back_off(BackoffWait(settling, 0.0))
+        self._run.back_off(BackoffWait(settling, 0.0, self._reactor.seconds()))
         with contextlib.suppress(CancelledError):  # the off switch
             await settling
 
@@ -1022,7 +1039,8 @@ class Hunter:
             self.stats.reconnects_by_cause.get(cause, 0) + 1
         )
         waiting: Deferred[None] = deferLater(self._reactor, delay, lambda: None)
-        self._run.back_off(BackoffWait(waiting, delay))
+        until = self._reactor.seconds() + delay
+        self._run.back_off(BackoffWait(waiting, delay, until))
         with contextlib.suppress(CancelledError):  # the off switch
             await waiting
 

@@ -60,10 +60,30 @@ class StreamStats:
     connected_since: float | None = None
     last_record_at: float | None = None
     last_error: str | None = None
+    #: When the socket was paused (for any reason); None while it reads.
+    paused_since: float | None = None
+    #: Seconds the socket spent paused in pauses that are over.
+    paused_before: float = 0.0
 
     def note_admitted(self, count: int, now: float) -> None:
         self.records += count
         self.last_record_at = now
+
+    def note_paused(self, now: float) -> None:
+        self.pauses += 1
+        self.paused_since = now
+
+    def note_reading(self, now: float) -> None:
+        """The socket reads again, or the connection is gone."""
+        if self.paused_since is not None:
+            self.paused_before += max(now - self.paused_since, 0.0)
+            self.paused_since = None
+
+    def paused_seconds(self, now: float) -> float:
+        """Seconds paused in all, the pause under way included."""
+        if self.paused_since is None:
+            return self.paused_before
+        return self.paused_before + max(now - self.paused_since, 0.0)
 
 
 _CLEAN_END = Failure(ResponseDone())
@@ -169,7 +189,7 @@ class StreamProtocol(Protocol):
         if not self._pause_reasons:
             assert self.transport is not None
             self.transport.pauseProducing()  # type: ignore[attr-defined]
-            self.stats.pauses += 1
+            self.stats.note_paused(self._clock.seconds())
             # A pause of our own is never a stall.
             self._disarm_stall_timer()
         self._pause_reasons.add(reason)
@@ -181,6 +201,7 @@ class StreamProtocol(Protocol):
         if not self._pause_reasons and self._stopping is None and not self._lost:
             assert self.transport is not None
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self.stats.note_reading(self._clock.seconds())
             self._arm_stall_timer()
 
     def stop(
@@ -200,6 +221,7 @@ class StreamProtocol(Protocol):
         if self._lost:
             return
         self._lost = True
+        self.stats.note_reading(self._clock.seconds())
         self._gate.set_drain_callback(None)
         self._disarm_stall_timer()
         if self._framer.close():

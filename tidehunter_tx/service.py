@@ -41,6 +41,7 @@ from .counter import StateCounter
 from .framing import DEFAULT_MAX_RECORD_BYTES, FRAMINGS, RECORD_FORMATS
 from .hunter import COMPRESSIONS, Hunter, load_ca_file, public_url
 from .hunter_service import HunterService, RunResult
+from .metrics import metrics_site
 from .redis import (
     RedisGate,
     RedisSpec,
@@ -235,6 +236,13 @@ class Options(usage.Options):
         ],
         ["control", None, DEFAULT_CONTROL, "AMP control endpoint."],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
+            "tcp:9108:interface=127.0.0.1 [default: off].",
+        ],
+        [
             "control-secret-file",
             None,
             None,
@@ -422,6 +430,12 @@ class Options(usage.Options):
                 f"--control {control}: a control endpoint other than a Unix socket "
                 "needs --control-secret-file"
             )
+        metrics = self["metrics"]
+        if metrics is not None and not metrics.startswith(("tcp:", "unix:", "ssl:")):
+            raise usage.UsageError(
+                f"--metrics must be an endpoint such as tcp:9108:interface=127.0.0.1,"
+                f" not {metrics!r}"
+            )
         try:
             self["signer"] = signer_from_env(os.environ)
         except AuthError as error:
@@ -450,40 +464,46 @@ class DaemonService(MultiService):
         hunting: HunterService,
         reactor: Any,
         control: ControlService | None = None,
+        metrics: ListenService | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.hunting = hunting
         self.control = control
+        self.metrics = metrics
         self._reactor = reactor
         hunting.setServiceParent(self)  # type: ignore[no-untyped-call]
-        if control is not None:
-            control.setServiceParent(self)  # type: ignore[no-untyped-call]
+        #: What the daemon listens on; each must listen before the feed opens.
+        self.listeners = [s for s in (control, metrics) if s is not None]
+        for listener in self.listeners:
+            listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.exit_code = 0
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()  # type: ignore[no-untyped-call]
-        self._refuse_without_control()
+        self._refuse_unless_listening()
 
     def startService(self) -> None:
         # Listening (or refused) before the feed is asked for: a daemon that
         # cannot be steered must not run, and the feed must not see it.
-        if self.control is not None and not self.control.tried:
-            self.control.privilegedStartService()
-        self._refuse_without_control()
+        for listener in self.listeners:
+            if not listener.tried:
+                listener.privilegedStartService()
+        self._refuse_unless_listening()
         self._reactor.callWhenRunning(self._exit_0_on_sigterm)
         super().startService()  # type: ignore[no-untyped-call]
         self.hunting.whenDone().addCallback(self._run_over)
 
-    def _refuse_without_control(self) -> None:
-        """Exit 1 with one line when the control endpoint is someone else's.
+    def _refuse_unless_listening(self) -> None:
+        """Exit 1 with one line when an endpoint is someone else's.
 
         Streaming on without control would leave ``tidehunter-ctl stop``
-        stopping the *other* daemon.
+        stopping the *other* daemon; without metrics, the alerts watching
+        them would read another process's numbers, or nothing.
         """
-        refusal = self.control.refusal if self.control is not None else None
-        if refusal is not None:
-            log.error("tidehunter: {refusal}", refusal=refusal)
-            raise ControlTaken(refusal)
+        for listener in self.listeners:
+            if listener.refusal is not None:
+                log.error("tidehunter: {refusal}", refusal=listener.refusal)
+                raise ControlTaken(listener.refusal)
 
     def _run_over(self, result: RunResult) -> None:
         self.exit_code = 0 if result.ok else 1
@@ -566,18 +586,19 @@ class ControlTaken(SystemExit, Exception):
         self.code = 1
 
 
-class ControlService(StreamServerEndpointService):
-    """The AMP server; on stop, replies already written still go out.
+class ListenService(StreamServerEndpointService):
+    """A server of the daemon's that must listen before the feed is opened.
 
-    ``refusal`` says, in one line, why it could not listen (None: it does).
+    ``refusal`` says, in one line, why it could not listen (None: it does);
+    ``what`` names it there ("control", "metrics").
     """
 
     #: A failed listen is kept in ``refusal``, never logged as unhandled.
     _raiseSynchronously = True
 
-    def __init__(self, endpoint: Any, factory: ControlFactory) -> None:
+    def __init__(self, endpoint: Any, factory: Any, what: str) -> None:
         super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]
-        self.control_factory = factory
+        self.what = what
         self.tried = False
         self.refusal: str | None = None
 
@@ -586,7 +607,15 @@ class ControlService(StreamServerEndpointService):
         try:
             super().privilegedStartService()  # type: ignore[no-untyped-call]
         except CannotListenError as error:
-            self.refusal = _why_not_listening(error)
+            self.refusal = _why_not_listening(error, self.what)
+
+
+class ControlService(ListenService):
+    """The AMP server; on stop, replies already written still go out."""
+
+    def __init__(self, endpoint: Any, factory: ControlFactory) -> None:
+        super().__init__(endpoint, factory, "control")
+        self.control_factory = factory
 
     def stopService(self) -> Deferred[Any]:
         stopped = super().stopService()  # type: ignore[no-untyped-call]
@@ -595,8 +624,8 @@ class ControlService(StreamServerEndpointService):
         )
 
 
-def _why_not_listening(error: CannotListenError) -> str:
-    """One line for a control endpoint that is taken (or cannot be had)."""
+def _why_not_listening(error: CannotListenError, what: str) -> str:
+    """One line for an endpoint that is taken (or cannot be had)."""
     reason = error.socketError
     in_use = getattr(reason, "errno", None) == errno.EADDRINUSE
     if error.interface is None and isinstance(error.port, (bytes, str)):
@@ -606,18 +635,18 @@ def _why_not_listening(error: CannotListenError) -> str:
                 holder = f" (pid {os.readlink(path + '.lock')})"
             except OSError:
                 holder = ""
-            return f"control socket {path} is held by another daemon{holder}"
+            return f"{what} socket {path} is held by another daemon{holder}"
         _release_own_lock(path)
         if in_use:
             return (
-                f"control socket {path} exists and no live daemon's lock names "
+                f"{what} socket {path} exists and no live daemon's lock names "
                 "it: remove it if no daemon uses it"
             )
-        return f"cannot listen on control socket {path}: {_strerror(reason)}"
+        return f"cannot listen on {what} socket {path}: {_strerror(reason)}"
     where = f"{error.interface}:{error.port}" if error.interface else error.port
     if in_use:
-        return f"control port {where} is taken"
-    return f"cannot listen on control port {where}: {_strerror(reason)}"
+        return f"{what} port {where} is taken"
+    return f"cannot listen on {what} port {where}: {_strerror(reason)}"
 
 
 def _release_own_lock(path: str) -> None:
@@ -708,4 +737,12 @@ def makeService(options: Options) -> IService:
         reactor=reactor,
         max_connections=options["max-control-connections"],
     )
-    return DaemonService(hunting, reactor, ControlService(endpoint, factory))
+    control = ControlService(endpoint, factory)
+    metrics = None
+    if options["metrics"] is not None:
+        metrics = ListenService(
+            serverFromString(reactor, options["metrics"]),
+            metrics_site(hunter.metrics()),
+            "metrics",
+        )
+    return DaemonService(hunting, reactor, control, metrics)

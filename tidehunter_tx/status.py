@@ -51,10 +51,29 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
     StatusField("truncated", int, False, "partial records at a body's end, dropped"),
     StatusField("dropped", int, False, "records read after the run was over"),
     StatusField("pauses", int, False, "times the socket was paused"),
+    StatusField(
+        "paused_seconds",
+        float,
+        False,
+        "seconds the socket was paused in all (sink full or asked)",
+    ),
+    StatusField(
+        "paused_since", float, True, "when the socket was paused, while it is"
+    ),
+    StatusField("queued", int, False, "records in the API queue, not taken yet"),
+    StatusField(
+        "batches_in_flight",
+        int,
+        False,
+        "Redis calls sent and not answered yet",
+    ),
     StatusField("reconnects", int, False, "reconnects scheduled"),
     StatusField("reconnects_by_cause", dict, False, "reconnects per cause"),
     StatusField("stalls", int, False, "connections judged dead by the stall timer"),
     StatusField("backoff", float, False, "seconds of the backoff wait under way"),
+    StatusField(
+        "retry_in", float, False, "seconds left until the next connection attempt"
+    ),
     StatusField("connected_since", float, True, "when the stream connected"),
     StatusField("last_record_at", float, True, "when the last record arrived"),
     StatusField("last_error", str, True, "why the last connection ended"),

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from .._reactor import or_global_reactor
 from ..counter import StateCounter
-from ..gate import CounterGate, Ending, IGate, position_after
+from ..gate import CounterGate, Ending, IGate, PushLatency, position_after
 from ..sinks import DrainCallback, Sink
 from ._connection import close_connection, execute_encoded
 from ._counter import RedisStateCounter, RedisUnavailable
@@ -60,6 +60,8 @@ class _Batch:
     held: bool = False
     #: Refused or its answer lost: Redis may hold some of it (a spill says so).
     maybe_applied: bool = True
+    #: When the last call carrying it was sent (reactor time).
+    sent_at: float = 0.0
 
 
 @implementer(IGate)
@@ -144,6 +146,7 @@ class RedisGate(CounterGate):
         self._script_sent = False
         self._refused = False
         self._clock: IReactorTime = or_global_reactor(clock)
+        self._latency = self.push_latency = PushLatency()
         # Records wait here unnumbered: a batch takes its sequence number when
         # it is sent, so batches queued behind the cap merge into bigger ones.
         self._queued: deque[list[bytes]] = deque()
@@ -257,6 +260,10 @@ class RedisGate(CounterGate):
     @property
     def unconfirmed(self) -> int:
         return self._backlog
+
+    @property
+    def batches_in_flight(self) -> int:
+        return len(self._in_flight)
 
     def settled(self) -> Deferred[None]:
         if not self._in_flight and (not self._queued or self._refused):
@@ -420,6 +427,7 @@ class RedisGate(CounterGate):
             payload,
             load=load,
         )
+        batch.sent_at = self._clock.seconds()
         d = execute_encoded(self.connection, command)
         self._script_sent = True
         d.addCallbacks(
@@ -427,6 +435,7 @@ class RedisGate(CounterGate):
         )
 
     def _answered(self, reply: list[Any], batch: _Batch) -> None:
+        self._latency.observe(self._clock.seconds() - batch.sent_at)
         admitted, state, count, limit, replayed, reached = reply
         admitted = int(admitted)
         outcome = int(replayed)
