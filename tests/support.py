@@ -130,13 +130,21 @@ class Daemon:
         *args: str,
         control: str | None = None,
         env: dict[str, str] | None = None,
+        twistd_args: tuple[str, ...] = (),
     ):
         self.workdir = workdir
         self.control = control or f"unix:{workdir / 'th.sock'}:mode=600"
         self.log = workdir / "daemon.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [*TWISTD, "tidehunter", *args, "--control", self.control],
+                [
+                    *TWISTD,
+                    *twistd_args,
+                    "tidehunter",
+                    *args,
+                    "--control",
+                    self.control,
+                ],
                 cwd=workdir,
                 env=env,
                 stdout=log,

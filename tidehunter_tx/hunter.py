@@ -479,6 +479,7 @@ class Hunter:
     def tide_off(self) -> None:
         """End the run now: switch the counter off and close the connection."""
         self.gate.stop()
+        self._tell_end("switched_off")  # unless the gate's answer told it
         self._halt(Ending.STOPPED)
 
     def halt(self) -> None:
@@ -487,7 +488,20 @@ class Hunter:
         ``tide_off()`` is the off switch of every hunter sharing the counter;
         ``halt()`` stops just this one (a daemon's SIGTERM or AMP Stop).
         """
+        self._tell_end("stop_requested")
         self._halt(Ending.STOPPED)
+
+    def _tell_end(self, event: str) -> None:
+        """One log event for what ends the run: the first end asked for."""
+        if not self._running or self._halted:
+            return
+        log.info(
+            _EVENT_TEXTS[event],
+            tidehunter_event=event,
+            count=self.sc.count,
+            limit=self.sc.limit,
+            delivered=self.delivered,
+        )
 
     def _halt(self, ending: Ending) -> None:
         # The run's own flag, set before the machine acts: cancelling a
@@ -502,10 +516,26 @@ class Hunter:
         The pause holds across reconnects until :meth:`resume`, and a paused
         stream is never judged stalled.
         """
+        was_paused = self._run_core.user_paused
         self._run.pause()
+        if not was_paused:
+            self._tell_pause("paused")
 
     def resume(self) -> None:
+        was_paused = self._run_core.user_paused
         self._run.resume()
+        if was_paused:
+            self._tell_pause("resumed")
+
+    def _tell_pause(self, event: str) -> None:
+        # A pause asked for, by AMP or the API; a full sink's pauses are
+        # only counted (status, metrics, the closing line): they come often.
+        log.info(
+            _EVENT_TEXTS[event],
+            tidehunter_event=event,
+            delivered=self.delivered,
+            state=self._run_core.state,
+        )
 
     def set_limit(self, limit: int) -> None:
         """Change the limit of the run that is on; at or below the count, stop."""
@@ -684,6 +714,10 @@ class Hunter:
         """The gate says the run is over (or refused records: no retry cures it)."""
         if ending is Ending.FAILED and self._gate_failure is None:
             self._gate_failure = reason
+        if ending is Ending.LIMIT:
+            self._tell_end("limit_reached")
+        elif ending is Ending.STOPPED:
+            self._tell_end("switched_off")
         self._halt(ending)
 
     def sink_lost(self, count: int, reason: Failure) -> None:
@@ -777,6 +811,7 @@ class Hunter:
                     # backs off), telling why.
                     log.info(
                         "tidehunter: {url}: {reason}",
+                        tidehunter_event="resume_restart",
                         url=public_url(self.url),
                         reason=self.secrets.mask(str(restart)),
                     )
@@ -786,11 +821,18 @@ class Hunter:
                 elif (starved := _starved(outcome)) is not None:
                     # Not the stream's failure: ask again, without gzip, now.
                     self._gzip_starved = True
+                    # A reconnect of its own: one reconnect_scheduled event
+                    # for each reconnect counted.
                     log.info(
                         "tidehunter: {url}: {reason}; asking again without"
                         " compression (--compression identity says so at once)",
+                        tidehunter_event="reconnect_scheduled",
                         url=public_url(self.url),
-                        reason=one_line(starved),
+                        reason=self.secrets.mask(one_line(starved)),
+                        cause="compression",
+                        attempt=1,
+                        delay=0.0,
+                        status=None,
                     )
                     await self._wait_to_reconnect("compression", 0.0)
                     continue
@@ -800,6 +842,13 @@ class Hunter:
                     )
                     if ending is Ending.STALLED:
                         self.stats.stalls += 1
+                        log.info(
+                            "tidehunter: {url}: stalled, no byte for {timeout:g} s",
+                            tidehunter_event="stalled",
+                            url=public_url(self.url),
+                            timeout=self.stall_timeout,
+                            delivered=self.delivered,
+                        )
                     if not self.reconnect:
                         raise failure
                     error = failure
@@ -817,10 +866,17 @@ class Hunter:
                 # The server's own words: etcd says why a watch is refused.
                 reason = f"{reason}; the server said: {error.excerpt}"
             self.stats.last_error = self.secrets.mask(reason)
+            # The reason's parts as fields too; the delay only when there is one.
+            scheduled = {"delay": float(decision.delay)} if decision.retry else {}
             log.info(
                 "tidehunter: {url}: {reason}",
+                tidehunter_event="reconnect_scheduled" if decision.retry else "gave_up",
                 url=public_url(self.url),
                 reason=self.stats.last_error,
+                cause=cause or kind.value,
+                attempt=decision.attempt,
+                status=status,
+                **scheduled,
             )
             if not decision.retry:
                 raise GaveUp(decision.reason, error)
@@ -892,6 +948,13 @@ class Hunter:
             owns_run=False,
         )
         opened = self.stats.connected_since = self._reactor.seconds()
+        log.info(
+            "tidehunter: connected to {url} (HTTP {code})",
+            tidehunter_event="connected",
+            url=public_url(self.url),
+            code=response.code,
+            reconnects=self.stats.reconnects,
+        )
         response.deliverBody(protocol)
         # Streaming (paused, if a pause was asked for); closed at once if the
         # run was switched off while the headers were on their way.
@@ -933,13 +996,18 @@ class Hunter:
                     f"more than {self.max_redirects} redirects"
                     f" (the last to {loggable_url(target)})"
                 )
+            cross_origin = _origin(target) != home
+            headers_sent = self.redirect_keep_headers or not cross_origin
             log.info(
                 "tidehunter: HTTP {code} redirect from {source} to {target}{note}",
+                tidehunter_event="redirected",
                 code=response.code,
                 source=loggable_url(url),
                 target=loggable_url(target),
+                cross_origin=cross_origin,
+                headers_sent=headers_sent,
                 note=""
-                if self.redirect_keep_headers or _origin(target) == home
+                if headers_sent
                 else " (another origin: sent without your headers and credentials)",
             )
             if response.code == 303 or (
@@ -1058,6 +1126,15 @@ def _starved(outcome: StreamOutcome) -> CompressionStarved | None:
     value = None if failed is None else failed.value
     return value if isinstance(value, CompressionStarved) else None
 
+
+#: The log lines of the run's ends and pauses, by ``tidehunter_event``.
+_EVENT_TEXTS = {
+    "limit_reached": "tidehunter: limit reached (count {count} of {limit})",
+    "switched_off": "tidehunter: switched off (count {count})",
+    "stop_requested": "tidehunter: stop requested (count {count})",
+    "paused": "tidehunter: paused on request ({delivered} delivered)",
+    "resumed": "tidehunter: resumed on request ({delivered} delivered)",
+}
 
 #: Statuses that send the request elsewhere, when they carry a Location.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

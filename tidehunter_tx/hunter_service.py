@@ -88,9 +88,11 @@ class HunterService(Service, HunterController):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         log.info(
-            "tidehunter: streaming {url} (limit {limit})",
+            "tidehunter: streaming {url} (limit {limit_text})",
+            tidehunter_event="started",
             url=public_url(self.hunter.url),
-            limit=self.limit or "none",
+            limit=self.limit,
+            limit_text=str(self.limit or "none"),
         )
         self._result = None
         self._winding_down = False
@@ -130,7 +132,12 @@ class HunterService(Service, HunterController):
             str(reason) if isinstance(reason, GaveUp) else failure.getErrorMessage()
         )
         message = self.hunter.secrets.mask(message)
-        log.error("tidehunter: stream failed: {reason}", reason=message)
+        log.error(
+            "tidehunter: stream failed: {reason}",
+            tidehunter_event="failed",
+            reason=message,
+            error=type(reason).__name__,
+        )
         ensureDeferred(self._wind_down(reason))
 
     async def _wind_down(self, error: BaseException | None) -> None:
@@ -148,13 +155,16 @@ class HunterService(Service, HunterController):
                     log.error(
                         "tidehunter: the sink never confirmed {count} records; "
                         "they are lost",
+                        tidehunter_event="records_lost",
                         count=unconfirmed - saved,
                     )
                     error = error or UnconfirmedRecords(unconfirmed - saved)
             await self._close()
             self._report()
         except Exception as failure:
-            log.failure("tidehunter: error while stopping")
+            log.failure(
+                "tidehunter: error while stopping", tidehunter_event="stop_error"
+            )
             error = error or failure
         result = RunResult(self.hunter.delivered, error, unconfirmed)
         self._result = result
@@ -168,7 +178,11 @@ class HunterService(Service, HunterController):
     async def _close(self) -> None:
         """Flush the sink; a reader that never reads again does not hold us."""
         if not await self._within_timeout(self.hunter.close()):
-            log.warn("tidehunter: the reader of the records stopped reading")
+            log.warn(
+                "tidehunter: the reader of the records stopped reading",
+                tidehunter_event="flush_timeout",
+                seconds=self.settle_timeout,
+            )
 
     async def _within_timeout(self, waiting: Deferred[None]) -> bool:
         """Whether ``waiting`` fired within ``settle_timeout``."""
@@ -182,18 +196,26 @@ class HunterService(Service, HunterController):
     def _report(self) -> None:
         status = self.hunter.status()
         # Every record read has one fate; the line names each, so they add up.
+        # The socket's pauses (mostly a full sink's) are told here, in sum,
+        # never one event each.
+        delivered, limit = self.hunter.delivered, self.hunter.sc.limit
         log.info(
-            "tidehunter: {delivered} delivered (limit {limit}); {read} read: "
+            "tidehunter: {delivered_text} delivered (limit {limit_text}); "
+            "{read_text} read: "
             "{in_flight} unconfirmed, {spilled} spilled, {dropped} dropped after "
             "the run ended, {lost} lost by the sink; {skipped} skipped (too "
             "big), {truncated} cut off at a body's end; {bytes} bytes, "
             "{keepalives} keep-alives, {reconnects} reconnects",
-            delivered=counted(self.hunter.delivered, "record"),
-            limit=self.hunter.sc.limit or "none",
-            read=counted(status["read"], "record"),
+            tidehunter_event="stopped",
+            delivered=delivered,
+            delivered_text=counted(delivered, "record"),
+            limit=limit,
+            limit_text=str(limit or "none"),
+            read_text=counted(status["read"], "record"),
             **{
                 key: status[key]
                 for key in (
+                    "read",
                     "in_flight",
                     "spilled",
                     "dropped",
@@ -203,6 +225,10 @@ class HunterService(Service, HunterController):
                     "bytes",
                     "keepalives",
                     "reconnects",
+                    "reconnects_by_cause",
+                    "stalls",
+                    "pauses",
+                    "paused_seconds",
                 )
             },
         )

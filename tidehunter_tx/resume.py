@@ -236,6 +236,8 @@ class KubernetesResume(QueryResume):
             log.warn(
                 "tidehunter: the Kubernetes watch sent an ERROR event (not a "
                 "record): {excerpt}",
+                tidehunter_event="feed_error",
+                feed=self.name,
                 excerpt=_excerpt(status),
             )
             return None
@@ -269,6 +271,8 @@ class CouchDBResume(QueryResume):
                 log.warn(
                     "tidehunter: the changes feed sent an error (not a record):"
                     " {excerpt}",
+                    tidehunter_event="feed_error",
+                    feed=self.name,
                     excerpt=_excerpt(value),
                 )
                 return None
@@ -365,6 +369,8 @@ class EtcdResume(Resume):
         self._not_a_record("error")
         log.warn(
             "tidehunter: the etcd watch sent an error (not a record): {excerpt}",
+            tidehunter_event="feed_error",
+            feed=self.name,
             excerpt=_excerpt(value)
             if value is not None
             else record[:200].decode("utf-8", "replace"),

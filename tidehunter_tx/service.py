@@ -502,7 +502,12 @@ class DaemonService(MultiService):
         """
         for listener in self.listeners:
             if listener.refusal is not None:
-                log.error("tidehunter: {refusal}", refusal=listener.refusal)
+                log.error(
+                    "tidehunter: {refusal}",
+                    tidehunter_event="listen_refused",
+                    refusal=listener.refusal,
+                    listener=listener.what,
+                )
                 raise ControlTaken(listener.refusal)
 
     def _run_over(self, result: RunResult) -> None:
@@ -565,6 +570,7 @@ class _Spill:
                 "{path} (JSON lines), not lost: {unsent} never sent, {sent} sent "
                 "before the outage (Redis may hold those too; each carries its "
                 "producer and seq)",
+                tidehunter_event="spill_written",
                 total=sent + unsent,
                 sent=sent,
                 unsent=unsent,
@@ -687,7 +693,8 @@ def makeService(options: Options) -> IService:
             "tidehunter: --url holds credentials (a password or query values), "
             "and every user of this machine can read the command line (ps): "
             "give user:password in TIDEHUNTER_BASIC_AUTH and the URL in "
-            "TIDEHUNTER_URL instead"
+            "TIDEHUNTER_URL instead",
+            tidehunter_event="credentials_on_argv",
         )
     headers: dict[str | bytes, list[str | bytes]] = {}
     for name, value in options["headers"]:

@@ -242,6 +242,7 @@ class QueueSink:
                 "wait in the queue and the run is not over: the stream waits for a "
                 "consumer. Take records while the run is on (async for ... in "
                 "h.records() or h.batches()) or raise budget_bytes.",
+                tidehunter_event="queue_full",
                 queued=queued,
                 mib=round(queued * average / 2**20),
             )
@@ -478,6 +479,7 @@ class FileState:
                 log.info(
                     "tidehunter: {path} holds {size} bytes but there is no state"
                     " file {state}: the feed starts from its beginning, appending",
+                    tidehunter_event="state_missing",
                     path=data_path,
                     size=size,
                     state=self.path,
@@ -497,6 +499,7 @@ class FileState:
                 "tidehunter: cut {path} back to {length} bytes, the end of the"
                 " last saved position ({extra} bytes after it, written before"
                 " a crash, come again from the feed)",
+                tidehunter_event="data_cut_back",
                 path=data_path,
                 length=length,
                 extra=size - length,

@@ -57,9 +57,7 @@ STATUS_FIELDS: tuple[StatusField, ...] = (
         False,
         "seconds the socket was paused in all (sink full or asked)",
     ),
-    StatusField(
-        "paused_since", float, True, "when the socket was paused, while it is"
-    ),
+    StatusField("paused_since", float, True, "when the socket was paused, while it is"),
     StatusField("queued", int, False, "records in the API queue, not taken yet"),
     StatusField(
         "batches_in_flight",

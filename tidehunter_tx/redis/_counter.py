@@ -183,7 +183,11 @@ class RedisStateCounter(CounterState):
             self._poll.start(self._poll_interval, now=False)
 
     def _log_error(self, failure: Failure) -> None:
-        log.failure("tidehunter: Redis counter command failed", failure)
+        log.failure(
+            "tidehunter: Redis counter command failed",
+            failure,
+            tidehunter_event="redis_counter_failed",
+        )
 
     def gate(self, sink: Sink) -> IGate:
         """Admit in Redis, through this counter, into a local ``sink``."""

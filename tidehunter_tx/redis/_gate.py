@@ -352,6 +352,7 @@ class RedisGate(CounterGate):
             "reached ({count} of {limit}), so this run delivers nothing; "
             "ended that run (its count moved into total): run again to "
             "start a new run",
+            tidehunter_event="stale_run_ended",
             key=shared.key,
             count=shared.count,
             limit=shared.limit,
@@ -523,6 +524,7 @@ class RedisGate(CounterGate):
         message = _one_line(failure)
         log.error(
             "tidehunter: Redis refused a batch of {count} records: {error}",
+            tidehunter_event="redis_refused",
             count=len(batch.records),
             error=message,
         )
@@ -551,6 +553,7 @@ class RedisGate(CounterGate):
                 "tidehunter: Redis refused a batch ({refusal}); the stream "
                 "waits with {owed} records held and retries until Redis "
                 "accepts them",
+                tidehunter_event="redis_waiting",
                 refusal=refusal,
                 owed=self._backlog,
             )
@@ -574,6 +577,7 @@ class RedisGate(CounterGate):
         """The retried batch went in: send the held ones after it, in order."""
         log.info(
             "tidehunter: Redis accepts batches again after {seconds:.1f} s",
+            tidehunter_event="redis_accepting",
             seconds=self._clock.seconds() - self._waiting_since,
         )
         self.waiting = None
